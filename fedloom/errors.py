@@ -7,7 +7,7 @@ say what was wrong, what was expected and how to fix it.
 
 from __future__ import annotations
 
-__all__ = ["FedloomError", "ConfigError", "DataError", "UpdateRejected"]
+__all__ = ["FedloomError", "ConfigError", "DataError", "UpdateRejected", "InsufficientUpdates"]
 
 
 class FedloomError(Exception):
@@ -28,3 +28,7 @@ class UpdateRejected(FedloomError, ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class InsufficientUpdates(FedloomError, ValueError):
+    """Too few valid updates are left for a rule to run; the round keeps the old model."""

@@ -1,0 +1,189 @@
+"""Robust reducers and update filters for hybrids facing faulty or malicious clients.
+
+- Coordinate-wise median and trimmed mean: Yin, Chen, Ramchandran, Bartlett 2018,
+  "Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates",
+  https://arxiv.org/abs/1803.01498.
+- Krum and Multi-Krum: Blanchard, El Mhamdi, Guerraoui, Stainer 2017, "Machine Learning
+  with Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017.
+- Norm clipping of the update (client weights minus global weights), as in DP-FedAvg
+  (McMahan, Ramage, Talwar, Zhang 2018, https://arxiv.org/abs/1710.06963) and as a
+  defence against scaled updates (Sun et al. 2019, https://arxiv.org/abs/1911.07963).
+
+All of them stream over the model in blocks (see ``_blocks``): extra memory is about
+``num_clients * 16k`` values, not ``num_clients * model``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fedloom.aggregation._blocks import cast_like, flat_views, iter_blocks
+from fedloom.aggregation.checks import check_same_structure, normalise_weights
+
+__all__ = [
+    "coordinate_median",
+    "trimmed_mean",
+    "num_trimmed",
+    "pairwise_squared_distances",
+    "krum_scores",
+    "multi_krum",
+    "update_norms",
+    "clip_to_norm",
+]
+
+
+def coordinate_median(updates: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """Coordinate-wise median of the updates (the mean of the two middle values for even K).
+
+    Every client counts the same: the median ignores data size by design.
+    """
+    check_same_structure(updates)
+    result = []
+    for index, like in enumerate(updates[0]):
+        out = np.empty(like.size, dtype=np.float64)
+        for start, stop, block in iter_blocks(flat_views(updates, index)):
+            np.median(block, axis=0, out=out[start:stop])
+        result.append(cast_like(out, like).reshape(like.shape))
+    return result
+
+
+def num_trimmed(num_updates: int, beta: float) -> int:
+    """How many values the trimmed mean drops at *each* end: ``floor(beta * K)``.
+
+    Raises:
+        ValueError: ``beta`` outside ``[0, 0.5)``.
+    """
+    if not 0.0 <= beta < 0.5:
+        raise ValueError(f"trimmed mean needs 0 <= beta < 0.5; received beta={beta}.")
+    return int(np.floor(beta * num_updates))  # beta < 0.5 always leaves >= 1 value
+
+
+def trimmed_mean(
+    updates: Sequence[Sequence[np.ndarray]],
+    beta: float,
+    weights: Sequence[float] | np.ndarray | None = None,
+) -> list[np.ndarray]:
+    """Coordinate-wise trimmed mean: per coordinate drop the ``floor(beta*K)`` smallest and
+    largest values and average the rest.
+
+    With ``weights``, the kept values are averaged with their clients' weights (the
+    weighted variant used by the "robust then weighted" hybrid); without, uniformly, as
+    in Yin et al. 2018.
+    """
+    check_same_structure(updates)
+    trim = num_trimmed(len(updates), beta)
+    num_updates = len(updates)
+    w = None if weights is None else normalise_weights(weights, num_updates)
+    result = []
+    for index, like in enumerate(updates[0]):
+        out = np.empty(like.size, dtype=np.float64)
+        for start, stop, block in iter_blocks(flat_views(updates, index)):
+            if w is None:
+                block.sort(axis=0)
+                np.mean(block[trim : num_updates - trim], axis=0, out=out[start:stop])
+            else:
+                order = np.argsort(block, axis=0)[trim : num_updates - trim]
+                kept = np.take_along_axis(block, order, axis=0)
+                kept_weights = w[order]
+                out[start:stop] = (kept * kept_weights).sum(axis=0) / kept_weights.sum(axis=0)
+        result.append(cast_like(out, like).reshape(like.shape))
+    return result
+
+
+def pairwise_squared_distances(updates: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+    """``(K, K)`` float64 matrix of squared L2 distances between whole updates.
+
+    Built from per-block Gram matrices of block-centred values (centring changes no
+    distance and keeps the ``|a|^2 + |b|^2 - 2ab`` form from cancelling badly).
+    """
+    check_same_structure(updates)
+    num_updates = len(updates)
+    gram = np.zeros((num_updates, num_updates))
+    for index in range(len(updates[0])):
+        for _, _, block in iter_blocks(flat_views(updates, index)):
+            block -= block.mean(axis=0)
+            gram += block @ block.T
+    sq_norms = np.diag(gram)
+    distances = sq_norms[:, None] + sq_norms[None, :] - 2.0 * gram
+    np.fill_diagonal(distances, 0.0)
+    return np.maximum(distances, 0.0)
+
+
+def krum_scores(distances: np.ndarray, num_byzantine: int) -> np.ndarray:
+    """Krum score per update: sum of squared distances to its ``K - f - 2`` nearest others.
+
+    Args:
+        distances: ``(K, K)`` squared distances (:func:`pairwise_squared_distances`).
+        num_byzantine: ``f``, the number of malicious updates to tolerate.
+
+    Raises:
+        ValueError: if ``K - f - 2 < 1`` (Blanchard et al. need ``K > 2f + 2`` for their
+            guarantee; fedloom requires at least one neighbour to score).
+    """
+    num_updates = distances.shape[0]
+    neighbours = num_updates - num_byzantine - 2
+    if num_byzantine < 0 or neighbours < 1:
+        raise ValueError(
+            f"Krum with num_byzantine={num_byzantine} needs at least "
+            f"{num_byzantine + 3} client updates; received {num_updates}. "
+            "Lower num_byzantine or sample more clients."
+        )
+    nearest = np.sort(distances + np.diag(np.full(num_updates, np.inf)), axis=1)
+    return nearest[:, :neighbours].sum(axis=1)
+
+
+def multi_krum(
+    updates: Sequence[Sequence[np.ndarray]], num_byzantine: int, num_selected: int = 1
+) -> np.ndarray:
+    """Indices of the ``num_selected`` updates with the lowest Krum scores (sorted by score).
+
+    ``num_selected=1`` is Krum; more is Multi-Krum, whose selected updates are then
+    averaged (by whatever weighting follows).
+    """
+    check_same_structure(updates)
+    if not 1 <= num_selected <= len(updates):
+        raise ValueError(
+            f"Multi-Krum num_selected must be in 1..{len(updates)} (the updates received); "
+            f"received num_selected={num_selected}."
+        )
+    scores = krum_scores(pairwise_squared_distances(updates), num_byzantine)
+    return np.argsort(scores, kind="stable")[:num_selected]
+
+
+def update_norms(
+    updates: Sequence[Sequence[np.ndarray]], reference: Sequence[np.ndarray]
+) -> np.ndarray:
+    """L2 norm of ``update - reference`` over all arrays, per update (float64, ``(K,)``).
+
+    NaN or Inf in an update gives a non-finite norm.
+    """
+    norms = np.zeros(len(updates))
+    for index, like in enumerate(reference):
+        ref = np.ravel(like)
+        for k, update in enumerate(updates):
+            delta = np.subtract(np.ravel(update[index]), ref, dtype=np.float64)
+            norms[k] += float(np.dot(delta, delta))
+    return np.sqrt(norms)
+
+
+def clip_to_norm(
+    update: Sequence[np.ndarray], reference: Sequence[np.ndarray], max_norm: float
+) -> list[np.ndarray]:
+    """Scale ``update - reference`` down to L2 norm ``max_norm`` if it is longer.
+
+    Returns ``reference + min(1, max_norm / ||update - reference||) * (update - reference)``
+    as new arrays in the update's dtypes (the inputs are returned as they are when no
+    clipping is needed).
+    """
+    if not max_norm > 0:
+        raise ValueError(f"max_norm must be > 0; received max_norm={max_norm}.")
+    norm = float(update_norms([update], reference)[0])
+    if norm <= max_norm:
+        return list(update)
+    scale = max_norm / norm
+    return [
+        cast_like(ref + scale * (np.asarray(arr, dtype=np.float64) - ref), arr)
+        for arr, ref in zip(update, reference)
+    ]

@@ -1,0 +1,343 @@
+"""The small stages an aggregation pipeline is made of.
+
+Each stage is a callable object that reads and changes a :class:`RoundState`. Kinds:
+
+- ``"filter"``: leaves updates out or limits them (norm outliers, Krum, norm clipping);
+- ``"weighting"``: sets one coefficient per update (:class:`WeightBy`);
+- ``"reducer"``: turns the updates into one model (:class:`Mean`,
+  :class:`CoordinateMedian`, :class:`TrimmedMean`);
+- ``"server_step"``: moves the global model towards that aggregate (:class:`ServerStep`).
+
+A :class:`~fedloom.aggregation.pipeline.Pipeline` chains them in that order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fedloom.aggregation.mean import weighted_mean
+from fedloom.aggregation.robust import coordinate_median, multi_krum, trimmed_mean
+from fedloom.aggregation.round_state import ClientUpdate, RoundState
+from fedloom.aggregation.server_step import server_update
+from fedloom.aggregation.weighting import (
+    DEFAULT_QUALITY_FLOOR,
+    num_examples_weights,
+    quality_weights,
+    size_quality_weights,
+)
+from fedloom.errors import ConfigError, InsufficientUpdates
+
+__all__ = [
+    "Stage",
+    "RejectNormOutliers",
+    "ClipNorm",
+    "KrumSelect",
+    "WeightBy",
+    "Mean",
+    "CoordinateMedian",
+    "TrimmedMean",
+    "ServerStep",
+    "WEIGHT_BY_CHOICES",
+]
+
+
+class Stage:
+    """Base class: a named step of a pipeline. Stateless unless it overrides ``state_dict``."""
+
+    kind: ClassVar[str] = ""
+
+    def __call__(self, state: RoundState) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """What must be saved to resume this stage exactly (empty when stateless)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
+
+
+# --------------------------------------------------------------------------- filters
+class RejectNormOutliers(Stage):
+    """Leave out updates that moved absurdly far from the global model.
+
+    An update is rejected if ``||update - global|| > max_ratio * median`` of the round's
+    norms, or above ``max_norm`` when given. Catches scaled (x10) and noise updates;
+    it runs before weighting so a rejected update cannot dominate a mean.
+    """
+
+    kind = "filter"
+
+    def __init__(self, max_ratio: float = 10.0, max_norm: float | None = None) -> None:
+        if not max_ratio > 1.0:
+            raise ConfigError(f"RejectNormOutliers needs max_ratio > 1; got max_ratio={max_ratio}.")
+        if max_norm is not None and not max_norm > 0:
+            raise ConfigError(f"RejectNormOutliers needs max_norm > 0; got max_norm={max_norm}.")
+        self.max_ratio = max_ratio
+        self.max_norm = max_norm
+
+    def __call__(self, state: RoundState) -> None:
+        if not state.updates:
+            return
+        norms = state.delta_norms()
+        limit = self.max_ratio * float(np.median(norms)) if len(norms) > 2 else np.inf
+        if self.max_norm is not None:
+            limit = min(limit, self.max_norm)
+        details = [f"update norm {n:.4g} > limit {limit:.4g}" for n in norms]
+        state.keep(norms <= limit, "norm_outlier", details)
+
+
+class ClipNorm(Stage):
+    """Clip each update's distance from the global model to L2 norm ``max_norm``.
+
+    The clipped update is ``global + min(1, max_norm / ||u - global||) * (u - global)``.
+    Recorded as a per-update scale: :class:`Mean` folds it into its coefficients, so no
+    clipped copy of any update is made; other reducers copy only clipped updates.
+    """
+
+    kind = "filter"
+
+    def __init__(self, max_norm: float) -> None:
+        if not max_norm > 0:
+            raise ConfigError(f"ClipNorm needs max_norm > 0; got max_norm={max_norm}.")
+        self.max_norm = max_norm
+
+    def __call__(self, state: RoundState) -> None:
+        if not state.updates:
+            return
+        norms = state.delta_norms()
+        scales = np.minimum(1.0, self.max_norm / np.maximum(norms, 1e-300))
+        state.scales = scales if state.scales is None else np.minimum(state.scales, scales)
+
+
+class KrumSelect(Stage):
+    """Keep the ``num_selected`` updates with the lowest Krum scores (Blanchard et al. 2017).
+
+    ``num_selected=1`` is Krum. With more, the kept updates go on to the weighting and
+    reducer: Multi-Krum followed by a mean, or by a weighted mean in a hybrid.
+    ``num_selected=None`` keeps ``K - num_byzantine`` of the ``K`` updates (Multi-Krum's
+    usual ``m = n - f``).
+    """
+
+    kind = "filter"
+
+    def __init__(self, num_byzantine: int, num_selected: int | None = 1) -> None:
+        if num_byzantine < 0 or (num_selected is not None and num_selected < 1):
+            raise ConfigError(
+                f"KrumSelect needs num_byzantine >= 0 and num_selected >= 1; got "
+                f"num_byzantine={num_byzantine}, num_selected={num_selected}."
+            )
+        self.num_byzantine = num_byzantine
+        self.num_selected = num_selected
+
+    def __call__(self, state: RoundState) -> None:
+        state.require_finite()
+        num_updates = len(state.updates)
+        num_selected = self.num_selected or max(1, num_updates - self.num_byzantine)
+        needed = max(self.num_byzantine + 3, num_selected)
+        if num_updates < needed:
+            raise InsufficientUpdates(
+                f"Krum with num_byzantine={self.num_byzantine}, num_selected="
+                f"{num_selected} needs at least {needed} valid updates; round "
+                f"{state.server_round} has {num_updates}. Lower num_byzantine or "
+                "sample more clients."
+            )
+        selected = multi_krum(state.effective_updates(), self.num_byzantine, num_selected)
+        mask = np.zeros(len(state.updates), dtype=bool)
+        mask[selected] = True
+        state.keep(mask, "krum", ["Krum score not among the lowest"] * len(mask))
+
+
+# --------------------------------------------------------------------------- weighting
+WEIGHT_BY_CHOICES = ("uniform", "num_examples", "quality", "num_examples*quality")
+
+
+class WeightBy(Stage):
+    """Set each update's coefficient.
+
+    Args:
+        by: ``"uniform"`` (every update counts the same), ``"num_examples"`` (FedAvg),
+            ``"quality"`` (the client-reported ``quality_key`` metric),
+            ``"num_examples*quality"``, or a callable ``f(ClientUpdate) -> float >= 0``.
+        quality_key: metric name holding the quality value (default ``"quality"``).
+        quality_kind: ``"accuracy"`` (higher is better, in [0, 1]) or ``"loss"``
+            (lower is better, mapped to ``1 / (1 + loss)``); see ``weighting``.
+        floor: minimum quality weight in ``[0, 1]`` so a valid client never gets 0.
+
+    Updates missing the quality metric are rejected with reason ``missing_metric``.
+    """
+
+    kind = "weighting"
+
+    def __init__(
+        self,
+        by: str | Callable[[ClientUpdate], float] = "num_examples",
+        *,
+        quality_key: str = "quality",
+        quality_kind: str = "accuracy",
+        floor: float = DEFAULT_QUALITY_FLOOR,
+    ) -> None:
+        if not callable(by) and by not in WEIGHT_BY_CHOICES:
+            raise ConfigError(
+                f"weight_by must be one of {WEIGHT_BY_CHOICES} or a callable; got {by!r}."
+            )
+        if quality_kind not in ("accuracy", "loss"):
+            raise ConfigError(f"quality_kind must be 'accuracy' or 'loss'; got {quality_kind!r}.")
+        if not 0.0 <= floor <= 1.0:
+            raise ConfigError(f"quality floor must be in [0, 1]; got floor={floor}.")
+        self.by = by
+        self.quality_key = quality_key
+        self.quality_kind = quality_kind
+        self.floor = floor
+
+    def _uses_quality(self) -> bool:
+        return self.by in ("quality", "num_examples*quality")
+
+    def __call__(self, state: RoundState) -> None:
+        if self._uses_quality():
+            has = [_is_number(u.metrics.get(self.quality_key)) for u in state.updates]
+            details = [f"metric {self.quality_key!r} missing or not a finite number"] * len(has)
+            state.keep(has, "missing_metric", details)
+        updates = state.updates
+        sizes = [u.num_examples for u in updates]
+        if callable(self.by):
+            weights = np.array([float(self.by(u)) for u in updates], dtype=np.float64)
+            if not (np.isfinite(weights).all() and (weights >= 0).all()):
+                raise ConfigError(
+                    f"weight_by callable must return finite values >= 0; got {weights.tolist()}."
+                )
+        elif self.by == "uniform":
+            weights = np.ones(len(updates))
+        elif self.by == "num_examples":
+            weights = num_examples_weights(sizes)
+        else:
+            quality = [float(u.metrics[self.quality_key]) for u in updates]
+            if self.by == "quality":
+                weights = quality_weights(quality, self.quality_kind, self.floor)
+            else:
+                weights = size_quality_weights(sizes, quality, self.quality_kind, self.floor)
+        state.coefficients = weights
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+# --------------------------------------------------------------------------- reducers
+def _require_positive_weight(state: RoundState) -> np.ndarray:
+    coefficients = state.coefficients
+    if coefficients is None:
+        return np.ones(len(state.updates))
+    if not coefficients.sum() > 0:
+        raise InsufficientUpdates(
+            f"round {state.server_round}: all {len(coefficients)} valid updates have weight 0 "
+            "(e.g. every client reported num_examples=0), so there is nothing to average."
+        )
+    return coefficients
+
+
+class Mean(Stage):
+    """Weighted mean of the updates with the coefficients (uniform if none were set).
+
+    Clipping scales ``s_k`` are folded in exactly: with normalised coefficients ``c_k``,
+    ``sum_k c_k (g + s_k (u_k - g)) = sum_k c_k s_k u_k + (1 - sum_k c_k s_k) g``.
+
+    NaN/Inf are found without an extra pass when nothing else has read the data: a
+    non-finite update makes the mean non-finite, and only then is each update checked
+    and the mean recomputed without the bad ones.
+    """
+
+    kind = "reducer"
+
+    def __call__(self, state: RoundState) -> None:
+        while True:
+            coefficients = _require_positive_weight(state)
+            updates: list = [u.weights for u in state.updates]
+            if state.scales is not None and (state.scales < 1.0).any():
+                c = coefficients / coefficients.sum() * state.scales
+                updates.append(state.global_weights)
+                coefficients = np.append(c, max(0.0, 1.0 - c.sum()))
+            result = weighted_mean(updates, coefficients)
+            if state.finite_checked or all(np.isfinite(a).all() for a in result):
+                state.aggregate = result
+                return
+            state.require_finite()
+            if not state.updates:
+                raise InsufficientUpdates(
+                    f"round {state.server_round}: every update held NaN/Inf values."
+                )
+
+
+class CoordinateMedian(Stage):
+    """Coordinate-wise median (Yin et al. 2018); every update counts the same."""
+
+    kind = "reducer"
+
+    def __call__(self, state: RoundState) -> None:
+        state.require_finite()
+        state.aggregate = coordinate_median(state.effective_updates())
+
+
+class TrimmedMean(Stage):
+    """Coordinate-wise trimmed mean dropping ``floor(beta*K)`` values at each end.
+
+    ``weighted=True`` averages the kept values with the coefficients set by the
+    weighting stage (the "robust then weighted" hybrid); ``False`` is Yin et al. 2018.
+    """
+
+    kind = "reducer"
+
+    def __init__(self, beta: float = 0.1, weighted: bool = False) -> None:
+        if not 0.0 <= beta < 0.5:
+            raise ConfigError(f"trimmed mean needs 0 <= beta < 0.5; got beta={beta}.")
+        self.beta = beta
+        self.weighted = weighted
+
+    def __call__(self, state: RoundState) -> None:
+        state.require_finite()
+        weights = _require_positive_weight(state) if self.weighted else None
+        state.aggregate = trimmed_mean(state.effective_updates(), self.beta, weights)
+
+
+# --------------------------------------------------------------------------- server step
+class ServerStep(Stage):
+    """Server learning rate and momentum on the pseudo-gradient (FedAvgM, Hsu et al. 2019).
+
+    ``learning_rate=1, momentum=0`` (the default) keeps the aggregate as the new model.
+    The momentum buffer is this stage's state (saved by checkpoints).
+    """
+
+    kind = "server_step"
+
+    def __init__(self, learning_rate: float = 1.0, momentum: float = 0.0) -> None:
+        if not learning_rate > 0:
+            raise ConfigError(f"server learning_rate must be > 0; got {learning_rate}.")
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"server momentum must be in [0, 1); got {momentum}.")
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self._velocity: list[np.ndarray] | None = None
+
+    def __call__(self, state: RoundState) -> None:
+        assert state.aggregate is not None, "ServerStep must come after a reducer"
+        state.aggregate, self._velocity = server_update(
+            state.global_weights,
+            state.aggregate,
+            learning_rate=self.learning_rate,
+            momentum=self.momentum,
+            velocity=self._velocity,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self._velocity is None else {"velocity": [v.copy() for v in self._velocity]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        velocity = state.get("velocity")
+        self._velocity = None if velocity is None else [np.asarray(v) for v in velocity]

@@ -1,0 +1,30 @@
+"""fedloom aggregation strategies for Flower.
+
+Message API (``flwr.serverapp``, the current one) — importable from here::
+
+    from fedloom.strategies import SimpleAverage, WeightedAverage, FederatedAveraging, Hybrid
+
+Legacy API (``flwr.server.strategy``: ``NumPyClient`` projects, SecAgg+) — the same
+names in ``fedloom.strategies.legacy``. Needs only numpy and flwr (no TensorFlow).
+"""
+
+from fedloom.strategies import legacy, methods
+from fedloom.strategies.message_api import (
+    FederatedAveraging,
+    FedloomStrategy,
+    Hybrid,
+    SimpleAverage,
+    WeightedAverage,
+)
+from fedloom.strategies.reporting import RoundReport
+
+__all__ = [
+    "FederatedAveraging",
+    "FedloomStrategy",
+    "Hybrid",
+    "RoundReport",
+    "SimpleAverage",
+    "WeightedAverage",
+    "legacy",
+    "methods",
+]

@@ -1,0 +1,244 @@
+"""fedloom strategies for Flower's Message API (``flwr.serverapp.strategy``).
+
+Use them where a Flower ``ServerApp`` calls ``strategy.start(grid=..., ...)``:
+
+    from fedloom.strategies import WeightedAverage
+    strategy = WeightedAverage(weight_by="num_examples*quality", fraction_train=0.5)
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model_weights), num_rounds=10)
+
+They subclass Flower's ``FedAvg`` (so Flower's DP wrappers and tools that expect a
+FedAvg keep working) and replace its aggregation with a fedloom pipeline. They differ
+from ``FedAvg`` in three ways: a bad reply is left out with a logged reason instead of
+aborting the round; node sampling follows ``seed``; and each round's
+``train_metrics_clientapp`` holds fedloom's round metrics (see ``reporting``).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable
+from logging import INFO
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore import log
+
+from fedloom.aggregation import ClientUpdate, Pipeline, Rejection, Schedule
+from fedloom.strategies.named import (
+    FederatedAveragingMixin,
+    HybridMixin,
+    SimpleAverageMixin,
+    WeightedAverageMixin,
+)
+from fedloom.strategies.records import (
+    arrayrecord_num_bytes,
+    arrayrecord_views,
+    ndarrays_to_arrayrecord,
+)
+from fedloom.strategies.reporting import RoundReport, aggregate_round, average_client_metrics
+
+__all__ = [
+    "FedloomStrategy",
+    "SimpleAverage",
+    "WeightedAverage",
+    "FederatedAveraging",
+    "Hybrid",
+]
+
+
+class FedloomStrategy(FedAvg):
+    """A Flower Message-API strategy that aggregates with a fedloom pipeline or schedule.
+
+    Args:
+        method: the aggregation :class:`Pipeline`, or a :class:`Schedule` of them.
+        fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes,
+            min_available_nodes: node sampling, as in Flower's ``FedAvg``.
+        min_valid_updates: a round with fewer valid updates keeps the global model.
+        seed: seeds node sampling (``None``: a random seed), so runs can be repeated.
+        weighted_by_key: the reply metric holding the client's example count.
+    """
+
+    def __init__(
+        self,
+        method: Pipeline | Schedule,
+        *,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_train_nodes: int = 2,
+        min_evaluate_nodes: int = 2,
+        min_available_nodes: int = 2,
+        min_valid_updates: int = 1,
+        seed: int | None = None,
+        weighted_by_key: str = "num-examples",
+        arrayrecord_key: str = "arrays",
+        configrecord_key: str = "config",
+    ) -> None:
+        super().__init__(
+            fraction_train=fraction_train,
+            fraction_evaluate=fraction_evaluate,
+            min_train_nodes=min_train_nodes,
+            min_evaluate_nodes=min_evaluate_nodes,
+            min_available_nodes=min_available_nodes,
+            weighted_by_key=weighted_by_key,
+            arrayrecord_key=arrayrecord_key,
+            configrecord_key=configrecord_key,
+        )
+        self.schedule = method if isinstance(method, Schedule) else Schedule([(1, method)])
+        self.min_valid_updates = int(min_valid_updates)
+        self.seed = seed
+        self._rng = random.Random(seed)
+        self._global_keys: list[str] = []
+        self._global_weights: list[np.ndarray] | None = None
+        self.reports: list[RoundReport] = []
+
+    def summary(self) -> None:
+        super().summary()
+        for start, pipeline in self.schedule.phases:
+            log(INFO, "\t└──> fedloom from round %d: %s %s", start, pipeline.name,
+                pipeline.client_config or "")
+
+    # ------------------------------------------------------------------ sampling
+    def _sample(self, grid: Grid, fraction: float, min_nodes: int) -> list[int]:
+        """Seeded version of Flower's ``sample_nodes``: waits for enough nodes, then samples."""
+        sample_size = max(int(len(list(grid.get_node_ids())) * fraction), min_nodes)
+        needed = max(self.min_available_nodes, sample_size)
+        while len(nodes := sorted(grid.get_node_ids())) < needed:
+            log(INFO, "Waiting for nodes to connect: %d connected (minimum required: %d).",
+                len(nodes), needed)
+            time.sleep(1)
+        return self._rng.sample(nodes, sample_size)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample nodes and send them the global model plus the round's train config.
+
+        The config is the caller's ``train_config``, overridden by the pipeline's
+        ``client_config`` (e.g. FedAvg's ``local-epochs``), plus ``server-round``.
+        """
+        self._global_keys = list(arrays.keys())
+        self._global_weights = arrayrecord_views(arrays)
+        if self.fraction_train == 0.0:
+            return []
+        round_config = ConfigRecord(dict(config))
+        round_config.update(self.schedule.at(server_round).client_config)
+        round_config["server-round"] = server_round
+        node_ids = self._sample(grid, self.fraction_train, self.min_train_nodes)
+        log(INFO, "configure_train: sampled %d nodes", len(node_ids))
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: round_config})
+        return self._construct_messages(record, node_ids, MessageType.TRAIN)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample nodes (seeded) for federated evaluation of the global model."""
+        if self.fraction_evaluate == 0.0:
+            return []
+        round_config = ConfigRecord(dict(config))
+        round_config["server-round"] = server_round
+        node_ids = self._sample(grid, self.fraction_evaluate, self.min_evaluate_nodes)
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: round_config})
+        return self._construct_messages(record, node_ids, MessageType.EVALUATE)
+
+    # ------------------------------------------------------------------ aggregation
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate every reply, aggregate the valid ones with the round's pipeline.
+
+        Returns ``(None, metrics)`` when too few valid updates remain: Flower then keeps
+        the previous global model.
+        """
+        if self._global_weights is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.aggregate_train was called before configure_train: "
+                "the strategy needs the global model the clients trained from."
+            )
+        updates, rejected, num_bytes = self._decode_replies(list(replies))
+        result, report = aggregate_round(
+            self.schedule, self._global_weights, updates, rejected,
+            server_round=server_round, bytes_received=num_bytes,
+            min_updates=self.min_valid_updates,
+        )
+        self.reports.append(report)
+        arrays = None
+        if result.weights is not None:
+            arrays = ndarrays_to_arrayrecord(result.weights, self._global_keys)
+        return arrays, MetricRecord(report.as_metrics())
+
+    def _decode_replies(
+        self, replies: list[Message]
+    ) -> tuple[list[ClientUpdate], list[Rejection], int]:
+        updates: list[ClientUpdate] = []
+        rejected: list[Rejection] = []
+        num_bytes = 0
+        for msg in replies:
+            client_id = str(msg.metadata.src_node_id)
+            if msg.has_error():
+                rejected.append(Rejection(
+                    client_id, "client_error", f"code {msg.error.code}: {msg.error.reason}"))
+                continue
+            content = msg.content
+            if len(content.array_records) != 1 or len(content.metric_records) != 1:
+                rejected.append(Rejection(
+                    client_id, "malformed",
+                    f"expected 1 ArrayRecord and 1 MetricRecord; got "
+                    f"{len(content.array_records)} and {len(content.metric_records)}"))
+                continue
+            record = next(iter(content.array_records.values()))
+            metrics = dict(next(iter(content.metric_records.values())))
+            num_bytes += arrayrecord_num_bytes(record)
+            if list(record.keys()) != self._global_keys:
+                reason = ("wrong_num_arrays" if len(record) != len(self._global_keys)
+                          else "malformed")
+                rejected.append(Rejection(
+                    client_id, reason,
+                    f"expected array keys {self._global_keys[:5]}... ({len(self._global_keys)}); "
+                    f"got {list(record.keys())[:5]}... ({len(record)})"))
+                continue
+            try:
+                weights = arrayrecord_views(record, self._global_keys)
+            except ValueError as err:
+                rejected.append(Rejection(client_id, "malformed", f"undecodable array: {err}"))
+                continue
+            num_examples = metrics.get(self.weighted_by_key, float("nan"))
+            updates.append(ClientUpdate(client_id, weights, num_examples, metrics))
+        return updates, rejected, num_bytes
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Average the evaluation metrics of valid replies, weighted by example count.
+
+        Unlike ``FedAvg``, a malformed or failed reply is skipped, not fatal.
+        """
+        pairs = []
+        for msg in replies:
+            if msg.has_error() or len(msg.content.metric_records) != 1:
+                continue
+            metrics = next(iter(msg.content.metric_records.values()))
+            num_examples = metrics.get(self.weighted_by_key)
+            if isinstance(num_examples, (int, float)) and np.isfinite(num_examples) and num_examples >= 0:
+                pairs.append((num_examples, metrics))
+        if not pairs:
+            return None
+        return MetricRecord(average_client_metrics(pairs))
+
+
+class SimpleAverage(SimpleAverageMixin, FedloomStrategy):
+    __doc__ = SimpleAverageMixin.__doc__
+
+
+class WeightedAverage(WeightedAverageMixin, FedloomStrategy):
+    __doc__ = WeightedAverageMixin.__doc__
+
+
+class FederatedAveraging(FederatedAveragingMixin, FedloomStrategy):
+    __doc__ = FederatedAveragingMixin.__doc__
+
+
+class Hybrid(HybridMixin, FedloomStrategy):
+    __doc__ = HybridMixin.__doc__

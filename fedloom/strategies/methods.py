@@ -1,0 +1,150 @@
+"""The named aggregation methods as pipelines, shared by both Flower APIs.
+
+Each function returns a :class:`~fedloom.aggregation.Pipeline` (or a
+:class:`~fedloom.aggregation.Schedule`) built from small stages. The strategy classes
+in ``message_api`` and ``legacy`` only wrap these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fedloom.aggregation import (
+    ClientUpdate,
+    CoordinateMedian,
+    KrumSelect,
+    Mean,
+    Pipeline,
+    RejectNormOutliers,
+    Schedule,
+    ServerStep,
+    TrimmedMean,
+    WeightBy,
+)
+from fedloom.aggregation.weighting import DEFAULT_QUALITY_FLOOR
+from fedloom.errors import ConfigError
+
+__all__ = [
+    "simple_average",
+    "weighted_average",
+    "federated_averaging",
+    "size_quality",
+    "robust_weighted",
+    "warmup_then_fedavg",
+    "ROBUST_REDUCERS",
+]
+
+ROBUST_REDUCERS = ("trimmed_mean", "median", "krum")
+
+
+def simple_average() -> Pipeline:
+    """Every valid update counts the same: ``mean_k u_k``."""
+    return Pipeline(WeightBy("uniform"), Mean(), name="simple average")
+
+
+def weighted_average(
+    weight_by: str | Callable[[ClientUpdate], float] = "num_examples",
+    *,
+    quality_key: str = "quality",
+    quality_kind: str = "accuracy",
+    floor: float = DEFAULT_QUALITY_FLOOR,
+) -> Pipeline:
+    """``sum_k w_k u_k / sum_k w_k`` with ``w_k`` from data size, quality, both, or a callable."""
+    weighting = WeightBy(weight_by, quality_key=quality_key, quality_kind=quality_kind, floor=floor)
+    label = weight_by if isinstance(weight_by, str) else getattr(weight_by, "__name__", "callable")
+    return Pipeline(weighting, Mean(), name=f"weighted average ({label})")
+
+
+def federated_averaging(
+    *,
+    local_epochs: int = 1,
+    batch_size: int = 10,
+    server_learning_rate: float = 1.0,
+    server_momentum: float = 0.0,
+) -> Pipeline:
+    """FedAvg (McMahan et al. 2017, https://arxiv.org/abs/1602.05629).
+
+    Clients run ``local_epochs`` (E) epochs of minibatch SGD with ``batch_size`` (B);
+    the server takes the ``num_examples``-weighted mean and, optionally, a server step
+    with learning rate and momentum (FedAvgM, Hsu et al. 2019).
+    """
+    if local_epochs < 1 or batch_size < 1:
+        raise ConfigError(
+            f"FedAvg needs local_epochs >= 1 and batch_size >= 1; got "
+            f"local_epochs={local_epochs}, batch_size={batch_size}."
+        )
+    return Pipeline(
+        WeightBy("num_examples"),
+        Mean(),
+        ServerStep(server_learning_rate, server_momentum),
+        client_config={"local-epochs": int(local_epochs), "batch-size": int(batch_size)},
+        name="federated averaging",
+    )
+
+
+def size_quality(
+    *, quality_key: str = "quality", quality_kind: str = "accuracy", floor: float = DEFAULT_QUALITY_FLOOR
+) -> Pipeline:
+    """Hybrid: weight by ``num_examples * max(quality score, floor)``."""
+    pipeline = weighted_average(
+        "num_examples*quality", quality_key=quality_key, quality_kind=quality_kind, floor=floor
+    )
+    pipeline.name = "size x quality"
+    return pipeline
+
+
+def robust_weighted(
+    robust: str = "trimmed_mean",
+    *,
+    beta: float = 0.2,
+    num_byzantine: int = 1,
+    num_selected: int | None = None,
+    weight_by: str = "num_examples",
+    max_norm_ratio: float | None = 10.0,
+) -> Pipeline:
+    """Hybrid: robust filtering, then weighting.
+
+    Args:
+        robust: ``"trimmed_mean"`` (per coordinate drop ``floor(beta*K)`` values at each
+            end, average the rest weighted by ``weight_by``), ``"krum"`` (keep the
+            ``num_selected`` Multi-Krum updates, default ``K - num_byzantine``, then the
+            weighted mean), or ``"median"`` (coordinate-wise median, unweighted).
+        max_norm_ratio: first reject updates whose distance from the model exceeds this
+            multiple of the round's median distance (``None`` to skip).
+    """
+    if robust not in ROBUST_REDUCERS:
+        raise ConfigError(f"robust must be one of {ROBUST_REDUCERS}; got robust={robust!r}.")
+    stages: list = [] if max_norm_ratio is None else [RejectNormOutliers(max_norm_ratio)]
+    if robust == "krum":
+        stages += [KrumSelect(num_byzantine, num_selected), WeightBy(weight_by), Mean()]
+    elif robust == "trimmed_mean":
+        stages += [WeightBy(weight_by), TrimmedMean(beta, weighted=True)]
+    else:
+        stages += [CoordinateMedian()]
+    return Pipeline(*stages, name=f"robust ({robust}) then {weight_by}")
+
+
+def warmup_then_fedavg(
+    warmup_rounds: int = 3,
+    *,
+    local_epochs: int = 5,
+    batch_size: int = 10,
+    server_learning_rate: float = 1.0,
+    server_momentum: float = 0.0,
+) -> Schedule:
+    """Hybrid schedule: simple averaging of one-epoch updates for ``warmup_rounds`` rounds,
+    then FedAvg with ``local_epochs`` epochs.
+
+    Short, equally-weighted rounds first let every client pull the fresh model towards
+    its data before long local training starts from a shared, reasonable point.
+    """
+    warmup = Pipeline(WeightBy("uniform"), Mean(), client_config={"local-epochs": 1},
+                      name="warm-up (simple average)")
+    fedavg = federated_averaging(
+        local_epochs=local_epochs,
+        batch_size=batch_size,
+        server_learning_rate=server_learning_rate,
+        server_momentum=server_momentum,
+    )
+    warmup.client_config["batch-size"] = int(batch_size)
+    return Schedule.switch_after(warmup_rounds, warmup, fedavg)

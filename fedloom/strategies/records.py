@@ -1,0 +1,84 @@
+"""Reading and writing model weights in Flower's records without needless copies.
+
+Flower carries each array as ``.npy`` bytes (``Array.data`` in the Message API,
+``Parameters.tensors`` in the legacy API). ``Array.numpy()`` decodes with ``np.load``,
+which copies every byte. :func:`ndarray_view` instead parses the ``.npy`` header and
+returns a read-only ``np.frombuffer`` view of the bytes Flower already holds: decoding
+100 updates of 1M parameters costs microseconds instead of a 400 MB copy.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+from flwr.common import Parameters, ndarrays_to_parameters
+
+__all__ = [
+    "ndarray_view",
+    "arrayrecord_views",
+    "ndarrays_to_arrayrecord",
+    "parameters_views",
+    "ndarrays_to_parameters",
+    "arrayrecord_num_bytes",
+]
+
+
+def ndarray_view(data: bytes) -> np.ndarray:
+    """Decode ``.npy`` bytes into a read-only array that shares memory with ``data``.
+
+    Raises:
+        ValueError: the bytes are not an ``.npy`` array of plain (non-object) dtype.
+    """
+    stream = io.BytesIO(data)  # shares the immutable bytes, no copy
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:  # (3, 0): utf-8 header; numpy offers no public reader for it
+        shape, fortran_order, dtype = np.lib.format._read_array_header(stream, version)
+    if dtype.hasobject:
+        raise ValueError("Object arrays are refused: they would need unpickling.")
+    count = int(np.prod(shape, dtype=np.int64))
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell())
+    if fortran_order:
+        return flat.reshape(shape[::-1]).T
+    return flat.reshape(shape)
+
+
+def arrayrecord_views(record: ArrayRecord, keys: Sequence[str] | None = None) -> list[np.ndarray]:
+    """Arrays of ``record`` in ``keys`` order (default: the record's order), as views.
+
+    Raises:
+        KeyError: a key in ``keys`` is missing from ``record``.
+    """
+    keys = list(record.keys()) if keys is None else keys
+    return [_array_view(record[key]) for key in keys]
+
+
+def _array_view(array: Array) -> np.ndarray:
+    if array.stype != "numpy.ndarray":
+        return array.numpy()  # let Flower raise its own error for other formats
+    return ndarray_view(array.data)
+
+
+def ndarrays_to_arrayrecord(arrays: Sequence[np.ndarray], keys: Sequence[str]) -> ArrayRecord:
+    """An ``ArrayRecord`` holding ``arrays`` under ``keys`` (the global model's keys)."""
+    return ArrayRecord({key: Array(np.ascontiguousarray(a)) for key, a in zip(keys, arrays)})
+
+
+def parameters_views(parameters: Parameters) -> list[np.ndarray]:
+    """Legacy-API ``Parameters`` (``.npy`` tensors) as read-only views."""
+    if parameters.tensor_type not in ("numpy.ndarray", ""):
+        raise ValueError(
+            f"Expected Parameters of tensor_type 'numpy.ndarray'; got {parameters.tensor_type!r}."
+        )
+    return [ndarray_view(tensor) for tensor in parameters.tensors]
+
+
+def arrayrecord_num_bytes(record: ArrayRecord) -> int:
+    """Serialized size of the arrays in ``record`` (what crossed the network)."""
+    return sum(len(array.data) for array in record.values())
