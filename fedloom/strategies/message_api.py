@@ -181,15 +181,15 @@ class FedloomStrategy(FedAvg):
                 rejected.append(Rejection(
                     client_id, "client_error", f"code {msg.error.code}: {msg.error.reason}"))
                 continue
-            content = msg.content
-            if len(content.array_records) != 1 or len(content.metric_records) != 1:
+            array_records = [r for r in msg.content.values() if isinstance(r, ArrayRecord)]
+            metric_records = [r for r in msg.content.values() if isinstance(r, MetricRecord)]
+            if len(array_records) != 1 or len(metric_records) != 1:
                 rejected.append(Rejection(
                     client_id, "malformed",
                     f"expected 1 ArrayRecord and 1 MetricRecord; got "
-                    f"{len(content.array_records)} and {len(content.metric_records)}"))
+                    f"{len(array_records)} and {len(metric_records)}"))
                 continue
-            record = next(iter(content.array_records.values()))
-            metrics = dict(next(iter(content.metric_records.values())))
+            record, metrics = array_records[0], dict(metric_records[0])
             num_bytes += arrayrecord_num_bytes(record)
             if list(record.keys()) != self._global_keys:
                 reason = ("wrong_num_arrays" if len(record) != len(self._global_keys)

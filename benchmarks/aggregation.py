@@ -1,0 +1,155 @@
+"""Aggregation speed, memory and accuracy: fedloom's WeightedAverage vs Flower's FedAvg.
+
+Workload (issue 2): 100 client replies of 1,000,000 float32 parameters in 5 arrays,
+weighted by example count. Both Flower APIs: Message API (``aggregate_train`` on
+``Message`` replies) and legacy API (``aggregate_fit`` on ``FitRes`` results). Each
+strategy aggregates the very same replies; we time ``repeats`` calls and keep the
+median, measure the peak extra memory of one call with ``tracemalloc`` (numpy reports
+its buffers to it), and compare both results with a float64 reference.
+
+Run: ``python benchmarks/aggregation.py`` (writes ``benchmarks/results/aggregation.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+import tracemalloc
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common import Code, FitRes, Parameters, Status, ndarrays_to_parameters
+from flwr.server.client_manager import SimpleClientManager
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from flwr.server.strategy import FedAvg as LegacyFedAvg
+from flwr.serverapp.strategy import FedAvg
+
+from fedloom.engine import LocalGrid
+from fedloom.strategies import WeightedAverage, legacy
+
+SHAPES = [(784, 1000), (1000,), (1000, 200), (200,), (200, 74)]  # 1,000,000 parameters
+MODEL_BYTES = 4 * sum(int(np.prod(s)) for s in SHAPES)
+
+
+def make_updates(num_clients: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    global_weights = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+    updates = [[w + 0.01 * rng.standard_normal(w.shape).astype(np.float32) for w in global_weights]
+               for _ in range(num_clients)]
+    num_examples = rng.integers(10, 1000, size=num_clients)
+    return global_weights, updates, num_examples
+
+
+def reference(updates, num_examples) -> list[np.ndarray]:
+    weights = num_examples / num_examples.sum()
+    return [sum(w * u[i].astype(np.float64) for u, w in zip(updates, weights)) for i in range(len(SHAPES))]
+
+
+def measure(fn, repeats: int) -> dict:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    result = fn()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {"median_s": statistics.median(times), "min_s": min(times),
+            "peak_extra_bytes": peak, "peak_extra_models": peak / MODEL_BYTES}, result
+
+
+def accuracy(result: list[np.ndarray], ref: list[np.ndarray]) -> dict:
+    return {
+        "max_abs_diff_vs_float64": max(float(np.max(np.abs(r - f))) for r, f in zip(result, ref)),
+        "max_rel_diff_vs_float64": max(float(np.max(np.abs(r - f)) / np.max(np.abs(f)))
+                                       for r, f in zip(result, ref)),
+    }
+
+
+def message_api(global_weights, updates, num_examples, repeats):
+    grid = LocalGrid(ClientApp(), len(updates))  # only for node ids and message metadata
+    arrays = ArrayRecord(global_weights)
+    ours = WeightedAverage(min_available_nodes=len(updates), min_train_nodes=len(updates), seed=0)
+    requests = list(ours.configure_train(1, arrays, ConfigRecord(), grid))
+    replies = [
+        Message(RecordDict({"arrays": ArrayRecord(u), "metrics": MetricRecord({"num-examples": int(n)})}),
+                reply_to=req)
+        for req, u, n in zip(requests, updates, num_examples)
+    ]
+    flower = FedAvg(min_available_nodes=len(updates))
+    fedloom_stats, fedloom_out = measure(lambda: ours.aggregate_train(1, replies)[0], repeats)
+    flower_stats, flower_out = measure(lambda: flower.aggregate_train(1, replies)[0], repeats)
+    return fedloom_stats, flower_stats, fedloom_out.to_numpy_ndarrays(), flower_out.to_numpy_ndarrays()
+
+
+def legacy_api(global_weights, updates, num_examples, repeats):
+    grid = LocalGrid(ClientApp(), len(updates))
+    manager = SimpleClientManager()
+    proxies = [GridClientProxy(node_id, grid, grid.run.run_id) for node_id in grid.get_node_ids()]
+    for proxy in proxies:
+        manager.register(proxy)
+    ours = legacy.WeightedAverage(min_available_clients=len(updates), min_fit_clients=len(updates))
+    ours.configure_fit(1, ndarrays_to_parameters(global_weights), manager)
+
+    def results():  # Flower's in-place FedAvg overwrites decoded copies, so fresh FitRes each call
+        return [(p, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(u), int(n), {}))
+                for p, u, n in zip(proxies, updates, num_examples)]
+
+    fixed = results()
+    flower = LegacyFedAvg(min_available_clients=len(updates))
+    fedloom_stats, fedloom_out = measure(lambda: ours.aggregate_fit(1, fixed, [])[0], repeats)
+    flower_stats, flower_out = measure(lambda: flower.aggregate_fit(1, fixed, [])[0], repeats)
+    from flwr.common import parameters_to_ndarrays
+    return fedloom_stats, flower_stats, parameters_to_ndarrays(fedloom_out), parameters_to_ndarrays(flower_out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "aggregation.json"))
+    args = parser.parse_args()
+
+    global_weights, updates, num_examples = make_updates(args.clients)
+    ref = reference(updates, num_examples)
+    report = {"date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
+              f"{__import__('os').cpu_count()} cores", "clients": args.clients,
+              "parameters": MODEL_BYTES // 4, "model_bytes": MODEL_BYTES, "apis": {}}
+    for name, run in (("message", message_api), ("legacy", legacy_api)):
+        ours, flower, ours_out, flower_out = run(global_weights, updates, num_examples, args.repeats)
+        entry = {
+            "fedloom": {**ours, **accuracy(ours_out, ref)},
+            "flower": {**flower, **accuracy(flower_out, ref)},
+            "time_ratio_fedloom_over_flower": ours["median_s"] / flower["median_s"],
+            "max_abs_diff_fedloom_vs_flower": max(float(np.max(np.abs(a - b)))
+                                                   for a, b in zip(ours_out, flower_out)),
+        }
+        entry["targets_met"] = {
+            "time_at_most_half_of_flower": entry["time_ratio_fedloom_over_flower"] <= 0.5,
+            "extra_memory_at_most_3_models": ours["peak_extra_models"] <= 3.0,
+            "matches_float64_to_1e-6": entry["fedloom"]["max_rel_diff_vs_float64"] <= 1e-6,
+        }
+        report["apis"][name] = entry
+        print(f"{name:8s} fedloom {ours['median_s'] * 1e3:7.1f} ms  flower {flower['median_s'] * 1e3:7.1f} ms"
+              f"  ratio {entry['time_ratio_fedloom_over_flower']:.2f}"
+              f"  extra memory fedloom {ours['peak_extra_models']:.2f} models"
+              f" (flower {flower['peak_extra_models']:.2f})"
+              f"  max|fedloom-flower| {entry['max_abs_diff_fedloom_vs_flower']:.2e}"
+              f"  rel err vs float64: fedloom {entry['fedloom']['max_rel_diff_vs_float64']:.1e}"
+              f" flower {entry['flower']['max_rel_diff_vs_float64']:.1e}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
