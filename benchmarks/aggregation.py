@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common import Code, FitRes, Parameters, Status, ndarrays_to_parameters
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.strategy import FedAvg as LegacyFedAvg
@@ -51,20 +51,31 @@ def reference(updates, num_examples) -> list[np.ndarray]:
     return [sum(w * u[i].astype(np.float64) for u, w in zip(updates, weights)) for i in range(len(SHAPES))]
 
 
-def measure(fn, repeats: int) -> dict:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
+def peak_extra_memory(fn) -> tuple[int, object]:
     tracemalloc.start()
     tracemalloc.reset_peak()
     result = fn()
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return {"median_s": statistics.median(times), "min_s": min(times),
-            "peak_extra_bytes": peak, "peak_extra_models": peak / MODEL_BYTES}, result
+    return peak, result
+
+
+def measure_pair(ours, theirs, repeats: int) -> tuple[dict, dict, object, object]:
+    """Time both side by side (alternating calls, so both see the same machine noise)."""
+    ours(), theirs()  # warm-up
+    times = {"ours": [], "theirs": []}
+    for _ in range(repeats):
+        for key, fn in (("ours", ours), ("theirs", theirs)):
+            started = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - started)
+    stats, outputs = [], []
+    for key, fn in (("ours", ours), ("theirs", theirs)):
+        peak, result = peak_extra_memory(fn)
+        stats.append({"median_s": statistics.median(times[key]), "min_s": min(times[key]),
+                      "peak_extra_bytes": peak, "peak_extra_models": peak / MODEL_BYTES})
+        outputs.append(result)
+    return stats[0], stats[1], outputs[0], outputs[1]
 
 
 def accuracy(result: list[np.ndarray], ref: list[np.ndarray]) -> dict:
@@ -86,8 +97,9 @@ def message_api(global_weights, updates, num_examples, repeats):
         for req, u, n in zip(requests, updates, num_examples)
     ]
     flower = FedAvg(min_available_nodes=len(updates))
-    fedloom_stats, fedloom_out = measure(lambda: ours.aggregate_train(1, replies)[0], repeats)
-    flower_stats, flower_out = measure(lambda: flower.aggregate_train(1, replies)[0], repeats)
+    fedloom_stats, flower_stats, fedloom_out, flower_out = measure_pair(
+        lambda: ours.aggregate_train(1, replies)[0], lambda: flower.aggregate_train(1, replies)[0],
+        repeats)
     return fedloom_stats, flower_stats, fedloom_out.to_numpy_ndarrays(), flower_out.to_numpy_ndarrays()
 
 
@@ -100,22 +112,19 @@ def legacy_api(global_weights, updates, num_examples, repeats):
     ours = legacy.WeightedAverage(min_available_clients=len(updates), min_fit_clients=len(updates))
     ours.configure_fit(1, ndarrays_to_parameters(global_weights), manager)
 
-    def results():  # Flower's in-place FedAvg overwrites decoded copies, so fresh FitRes each call
-        return [(p, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(u), int(n), {}))
-                for p, u, n in zip(proxies, updates, num_examples)]
-
-    fixed = results()
+    fixed = [(p, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(u), int(n), {}))
+             for p, u, n in zip(proxies, updates, num_examples)]
     flower = LegacyFedAvg(min_available_clients=len(updates))
-    fedloom_stats, fedloom_out = measure(lambda: ours.aggregate_fit(1, fixed, [])[0], repeats)
-    flower_stats, flower_out = measure(lambda: flower.aggregate_fit(1, fixed, [])[0], repeats)
-    from flwr.common import parameters_to_ndarrays
+    fedloom_stats, flower_stats, fedloom_out, flower_out = measure_pair(
+        lambda: ours.aggregate_fit(1, fixed, [])[0], lambda: flower.aggregate_fit(1, fixed, [])[0],
+        repeats)
     return fedloom_stats, flower_stats, parameters_to_ndarrays(fedloom_out), parameters_to_ndarrays(flower_out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "aggregation.json"))
     args = parser.parse_args()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,6 +37,27 @@ def _expected_header(dtype: str, shape: tuple[int, ...]) -> tuple[np.dtype, int,
             f"'shape': {tuple(shape)!r}".encode())
 
 
+_HEADER = re.compile(
+    rb"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': (True|False), 'shape': \(([\d, ]*)\), \}"
+)
+
+
+def _parse_simple_header(data: bytes) -> tuple[np.dtype, bool, tuple[int, ...], int] | None:
+    """Parse a plain ``.npy`` 1.0 header (what ``np.save`` writes for non-structured
+    dtypes) without ``ast.literal_eval``; ``None`` for anything else."""
+    if data[:8] != b"\x93NUMPY\x01\x00" or len(data) < 10:
+        return None
+    offset = 10 + int.from_bytes(data[8:10], "little")
+    match = _HEADER.match(data, 10, offset)
+    if match is None:
+        return None
+    dt = np.dtype(match.group(1).decode())
+    if dt.hasobject:
+        return None
+    shape = tuple(int(d) for d in match.group(3).split(b",") if d.strip())
+    return dt, match.group(2) == b"True", shape, offset
+
+
 def ndarray_view(data: bytes, dtype: str | None = None, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Decode ``.npy`` bytes into a read-only array that shares memory with ``data``.
 
@@ -52,6 +74,13 @@ def ndarray_view(data: bytes, dtype: str | None = None, shape: tuple[int, ...] |
             header = data[10:offset]
             if descr in header and shape_text in header:
                 return np.frombuffer(data, dtype=dt, count=count, offset=offset).reshape(shape)
+    parsed = _parse_simple_header(data)
+    if parsed is not None:
+        dt, fortran_order, shape, offset = parsed
+        count = int(np.prod(shape, dtype=np.int64))
+        if offset + count * dt.itemsize == len(data):
+            flat = np.frombuffer(data, dtype=dt, count=count, offset=offset)
+            return flat.reshape(shape[::-1]).T if fortran_order else flat.reshape(shape)
     stream = io.BytesIO(data)  # shares the immutable bytes, no copy
     version = np.lib.format.read_magic(stream)
     if version == (1, 0):
