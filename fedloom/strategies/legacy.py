@@ -31,7 +31,7 @@ from fedloom.strategies.named import (
     SimpleAverageMixin,
     WeightedAverageMixin,
 )
-from fedloom.strategies.records import ndarrays_to_parameters, parameters_views
+from fedloom.records import ndarrays_to_parameters, parameters_views
 from fedloom.strategies.reporting import RoundReport, aggregate_round, average_client_metrics
 
 __all__ = [
@@ -63,6 +63,7 @@ class FedloomLegacyStrategy(FedAvg):
         self.schedule = method if isinstance(method, Schedule) else Schedule([(1, method)])
         self.min_valid_updates = int(min_valid_updates)
         self._global_weights: list[np.ndarray] | None = None
+        self._bytes_sent = 0
         self.reports: list[RoundReport] = []
 
     def __repr__(self) -> str:
@@ -78,6 +79,7 @@ class FedloomLegacyStrategy(FedAvg):
         extra["server-round"] = server_round
         for _, fit_ins in instructions:
             fit_ins.config = {**fit_ins.config, **extra}
+        self._bytes_sent = len(instructions) * sum(len(t) for t in parameters.tensors)
         return instructions
 
     def aggregate_fit(
@@ -108,7 +110,7 @@ class FedloomLegacyStrategy(FedAvg):
             updates.append(ClientUpdate(proxy.cid, weights, fit_res.num_examples, fit_res.metrics))
         result, report = aggregate_round(
             self.schedule, self._global_weights, updates, rejected,
-            server_round=server_round, bytes_received=num_bytes,
+            server_round=server_round, bytes_received=num_bytes, bytes_sent=self._bytes_sent,
             min_updates=self.min_valid_updates,
         )
         self.reports.append(report)

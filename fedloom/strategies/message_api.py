@@ -33,7 +33,7 @@ from fedloom.strategies.named import (
     SimpleAverageMixin,
     WeightedAverageMixin,
 )
-from fedloom.strategies.records import (
+from fedloom.records import (
     arrayrecord_num_bytes,
     arrayrecord_views,
     ndarrays_to_arrayrecord,
@@ -92,6 +92,7 @@ class FedloomStrategy(FedAvg):
         self._rng = random.Random(seed)
         self._global_keys: list[str] = []
         self._global_weights: list[np.ndarray] | None = None
+        self._bytes_sent = 0
         self.reports: list[RoundReport] = []
 
     def summary(self) -> None:
@@ -128,6 +129,7 @@ class FedloomStrategy(FedAvg):
         round_config["server-round"] = server_round
         node_ids = self._sample(grid, self.fraction_train, self.min_train_nodes)
         log(INFO, "configure_train: sampled %d nodes", len(node_ids))
+        self._bytes_sent = len(node_ids) * arrayrecord_num_bytes(arrays)
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: round_config})
         return self._construct_messages(record, node_ids, MessageType.TRAIN)
 
@@ -160,7 +162,7 @@ class FedloomStrategy(FedAvg):
         updates, rejected, num_bytes = self._decode_replies(list(replies))
         result, report = aggregate_round(
             self.schedule, self._global_weights, updates, rejected,
-            server_round=server_round, bytes_received=num_bytes,
+            server_round=server_round, bytes_received=num_bytes, bytes_sent=self._bytes_sent,
             min_updates=self.min_valid_updates,
         )
         self.reports.append(report)

@@ -32,6 +32,7 @@ class RoundReport:
         clients_used: ids of the clients whose updates made the new model.
         rejected: ``(client_id, reason, detail)`` for each update left out.
         bytes_received: serialized bytes of the model updates received.
+        bytes_sent: serialized bytes of the global model sent to the round's clients.
         aggregation_seconds: wall time spent aggregating.
         skipped_reason: non-empty when the global model was kept unchanged.
         client_metrics: the used clients' metrics averaged, weighted by num_examples.
@@ -44,6 +45,7 @@ class RoundReport:
     rejected: list[tuple[str, str, str]]
     bytes_received: int
     aggregation_seconds: float
+    bytes_sent: int = 0
     skipped_reason: str = ""
     client_metrics: dict[str, float] = field(default_factory=dict)
 
@@ -56,6 +58,7 @@ class RoundReport:
         result: AggregationResult,
         bytes_received: int,
         updates: Sequence[ClientUpdate],
+        bytes_sent: int = 0,
     ) -> RoundReport:
         used = set(result.used)
         return cls(
@@ -65,6 +68,7 @@ class RoundReport:
             clients_used=list(result.used),
             rejected=[(r.client_id, r.reason, r.detail) for r in result.rejected],
             bytes_received=bytes_received,
+            bytes_sent=bytes_sent,
             aggregation_seconds=result.seconds,
             skipped_reason=result.skipped_reason,
             client_metrics=average_client_metrics(
@@ -86,6 +90,7 @@ class RoundReport:
                 "clients-used": len(self.clients_used),
                 "clients-rejected": len(self.rejected),
                 "bytes-received": int(self.bytes_received),
+                "bytes-sent": int(self.bytes_sent),
                 "aggregation-seconds": float(self.aggregation_seconds),
                 "round-skipped": int(bool(self.skipped_reason)),
             }
@@ -146,6 +151,7 @@ def aggregate_round(
     *,
     server_round: int,
     bytes_received: int,
+    bytes_sent: int,
     min_updates: int,
 ) -> tuple[AggregationResult, RoundReport]:
     """Run the round's pipeline, then log and report what it did (both Flower APIs)."""
@@ -155,7 +161,8 @@ def aggregate_round(
         rejected=rejected,
     )
     report = RoundReport.from_result(
-        server_round, pipeline.name, len(updates) + len(rejected), result, bytes_received, updates
+        server_round, pipeline.name, len(updates) + len(rejected), result, bytes_received, updates,
+        bytes_sent,
     )
     report.log()
     return result, report

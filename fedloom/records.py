@@ -1,4 +1,4 @@
-"""Reading and writing model weights in Flower's records without needless copies.
+"""Reading and writing model weights in Flower's records without needless copies (both sides).
 
 Flower carries each array as ``.npy`` bytes (``Array.data`` in the Message API,
 ``Parameters.tensors`` in the legacy API). ``Array.numpy()`` decodes with ``np.load``,
@@ -68,7 +68,10 @@ def ndarray_view(data: bytes, dtype: str | None = None, shape: tuple[int, ...] |
         ValueError: the bytes are not an ``.npy`` array of plain (non-object) dtype.
     """
     if dtype is not None and shape is not None and data[:6] == b"\x93NUMPY":
-        dt, count, descr, shape_text = _expected_header(dtype, tuple(shape))
+        try:
+            dt, count, descr, shape_text = _expected_header(dtype, tuple(shape))
+        except TypeError:  # a dtype string numpy cannot read back (structured): parse
+            return ndarray_view(data)
         offset = len(data) - count * dt.itemsize
         if not dt.hasobject and 10 <= offset <= 65_546:
             header = data[10:offset]

@@ -1,0 +1,124 @@
+"""The fedloom Keras client for Flower's Message API (``flwr.clientapp.ClientApp``).
+
+Pairs with Message-API strategies (``flwr.serverapp.strategy``, ``fedloom.strategies``)::
+
+    from fedloom.clients import get_trainer, make_client_app
+    from fedloom.models import ModelSpec
+
+    SPEC = ModelSpec("mlp", (64,), 10)
+
+    def load_client(context):
+        pid = int(context.node_config["partition-id"])
+        return get_trainer(SPEC), load_my_partition(pid)  # x_train, y_train, x_val, y_val
+
+    app = make_client_app(load_client)
+
+Message layout (Flower's ``FedAvg`` defaults):
+
+* train request: ``content["arrays"]`` (ArrayRecord, the global weights in
+  ``get_weights()`` order) and ``content["config"]`` (ConfigRecord with
+  ``local-epochs``, ``batch-size``, ``learning-rate``, ``server-round``). If the
+  strategy uses other record names, the message's only ArrayRecord/ConfigRecord is
+  used.
+* train reply: ``{"arrays": ArrayRecord(new weights, same keys as received),
+  "metrics": MetricRecord({"num-examples", "train_loss", "train_accuracy",
+  "val_loss", "val_accuracy", "quality"})}``.
+* evaluate reply: ``{"metrics": MetricRecord({"num-examples", "loss", "accuracy"})}``.
+
+The work itself is :mod:`fedloom.clients.local_update`, shared with the legacy
+``NumPyClient``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedloom.clients.local_update import (
+    SplitData,
+    derive_seed,
+    evaluate_on_client,
+    train_on_client,
+)
+from fedloom.clients.trainer import KerasTrainer
+from fedloom.errors import ConfigError
+from fedloom.records import arrayrecord_views, ndarrays_to_arrayrecord
+
+__all__ = ["LoadClient", "make_client_app"]
+
+LoadClient = Callable[[Context], tuple[KerasTrainer, SplitData]]
+
+def _record(content: RecordDict, kind: str, key: str) -> Any:
+    """``content[key]`` if it is a record of this kind, else the only one of that kind."""
+    records = content.array_records if kind == "ArrayRecord" else content.config_records
+    if key in records:
+        return records[key]
+    if len(records) == 1:
+        return next(iter(records.values()))
+    if kind == "ConfigRecord" and not records:
+        return ConfigRecord()
+    raise ConfigError(
+        f"the message must carry one {kind} (named {key!r}); it has "
+        f"{sorted(records) if records else 'none'}. Name the record {key!r} in the "
+        "strategy (Flower's FedAvg default)."
+    )
+
+
+def _client_seed(context: Context, seed: int) -> int:
+    client = context.node_config.get("partition-id", context.node_id)
+    try:
+        client = int(client)
+    except (TypeError, ValueError):
+        client = context.node_id
+    return derive_seed(seed, client)
+
+
+def make_client_app(load_client: LoadClient, *, seed: int = 0) -> ClientApp:
+    """A Message-API ``ClientApp`` that trains and evaluates with a ``KerasTrainer``.
+
+    Args:
+        load_client: ``context -> (trainer, data)``, called for every message;
+            ``data`` is any object with ``x_train, y_train, x_val, y_val`` (e.g.
+            ``fedloom.data.ClientData``). Return a cached trainer
+            (:func:`fedloom.clients.get_trainer`) and cache the data, so that a
+            simulation worker builds the model and loads each partition once.
+        seed: experiment seed. A client's shuffle in round ``r`` is seeded with
+            ``derive_seed(derive_seed(seed, partition_id), r)`` (``node_id`` if the
+            node config has no ``partition-id``), so rounds and clients differ and
+            runs repeat.
+    """
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        trainer, data = load_client(context)
+        arrays = _record(msg.content, "ArrayRecord", "arrays")
+        config = _record(msg.content, "ConfigRecord", "config")
+        keys = list(arrays.keys())
+        new_weights, num_examples, metrics = train_on_client(
+            trainer, data, arrayrecord_views(arrays, keys), config,
+            seed=_client_seed(context, seed),
+        )
+        reply_arrays = ndarrays_to_arrayrecord(new_weights, keys)
+        reply_metrics = MetricRecord({"num-examples": num_examples, **metrics})
+        return Message(
+            RecordDict({"arrays": reply_arrays, "metrics": reply_metrics}), reply_to=msg
+        )
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        trainer, data = load_client(context)
+        arrays = _record(msg.content, "ArrayRecord", "arrays")
+        config = _record(msg.content, "ConfigRecord", "config")
+        loss, num_examples, metrics = evaluate_on_client(
+            trainer, data, arrayrecord_views(arrays), config
+        )
+        reply_metrics = MetricRecord(
+            {"num-examples": num_examples, "loss": loss, "accuracy": metrics["accuracy"]}
+        )
+        return Message(RecordDict({"metrics": reply_metrics}), reply_to=msg)
+
+    return app

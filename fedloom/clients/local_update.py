@@ -1,0 +1,174 @@
+"""What a fedloom client does in a round, independent of the Flower API that asks.
+
+:func:`train_on_client` and :func:`evaluate_on_client` hold the client logic that the
+legacy ``NumPyClient`` (:mod:`fedloom.clients.numpy_client`) and the Message-API
+``ClientApp`` (:mod:`fedloom.clients.client_app`) share; those two modules only
+translate Flower's types to and from these functions.
+
+Config keys read from the server's train config (Flower's spelling):
+
+=================  =======  ==========================================
+key                default  meaning
+=================  =======  ==========================================
+``local-epochs``   1        passes over the local training split
+``batch-size``     32       examples per SGD step
+``learning-rate``  0.1      SGD step size
+``server-round``   0        round number (seeds this round's shuffle)
+=================  =======  ==========================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedloom.clients.trainer import KerasTrainer, _check_hyperparameters
+from fedloom.errors import ConfigError
+
+__all__ = [
+    "ClientSplits",
+    "SplitData",
+    "TrainConfig",
+    "derive_seed",
+    "evaluate_on_client",
+    "train_on_client",
+]
+
+NDArrays = list[np.ndarray]
+
+
+class SplitData(Protocol):
+    """Anything with a client's train and validation split (e.g. ``fedloom.data.ClientData``).
+
+    ``x_val``/``y_val`` may be ``None`` or empty when the client keeps no validation
+    split.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray | None
+    y_val: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class ClientSplits:
+    """A minimal :class:`SplitData` (what :class:`~fedloom.clients.KerasClient` keeps)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The local training settings of one round, parsed from a Flower config."""
+
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.1
+    server_round: int = 0
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None) -> TrainConfig:
+        """Read ``local-epochs``, ``batch-size``, ``learning-rate``, ``server-round``."""
+        config = {} if config is None else config
+        epochs, batch_size, learning_rate = _check_hyperparameters(
+            config.get("local-epochs", cls.local_epochs),
+            config.get("batch-size", cls.batch_size),
+            config.get("learning-rate", cls.learning_rate),
+        )
+        server_round = config.get("server-round", cls.server_round)
+        try:
+            server_round_int = int(server_round)
+            ok = server_round_int == server_round and server_round_int >= 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(
+                f"config 'server-round' must be a non-negative integer; received {server_round!r}."
+            )
+        return cls(epochs, batch_size, learning_rate, server_round_int)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 32-bit seed mixing integers (e.g. a client seed and the server round).
+
+    Uses ``numpy.random.SeedSequence``, so it is the same in every process and
+    Python version (unlike ``hash`` of strings); nearby inputs give unrelated seeds.
+    """
+    entropy = [int(p) & 0xFFFFFFFFFFFFFFFF for p in parts]  # SeedSequence wants >= 0
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def _has_examples(x: Any) -> bool:
+    return x is not None and len(x) > 0
+
+
+def train_on_client(
+    trainer: KerasTrainer,
+    data: SplitData,
+    weights: Sequence[np.ndarray],
+    config: Mapping[str, Any] | None,
+    *,
+    seed: int = 0,
+) -> tuple[NDArrays, int, dict[str, float]]:
+    """One client update: local SGD from ``weights``, then a look at the validation split.
+
+    The shuffle seed of the round is ``derive_seed(seed, server_round)``: rounds
+    differ, and re-running the same experiment repeats exactly.
+
+    Returns:
+        ``(new_weights, num_train_examples, metrics)`` with Python ``float`` metrics:
+        ``train_loss``/``train_accuracy`` (example-weighted means over the last local
+        epoch, see :meth:`KerasTrainer.fit`), ``val_loss``/``val_accuracy`` (the
+        UPDATED model on the client's validation split) and ``quality`` (=
+        ``val_accuracy``, the client's held-out measure of its own update). A client
+        without validation examples reports the updated model's loss and accuracy
+        on its own training split as ``val_loss``/``val_accuracy`` and ``quality``
+        instead (an optimistic estimate).
+    """
+    cfg = TrainConfig.from_config(config)
+    new_weights, train_metrics = trainer.fit(
+        weights,
+        data.x_train,
+        data.y_train,
+        epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        seed=derive_seed(seed, cfg.server_round),
+    )
+    if _has_examples(data.x_val):
+        val_loss, val_accuracy = trainer.evaluate(new_weights, data.x_val, data.y_val)
+    else:
+        val_loss, val_accuracy = trainer.evaluate(new_weights, data.x_train, data.y_train)
+    metrics = {
+        "train_loss": float(train_metrics["train_loss"]),
+        "train_accuracy": float(train_metrics["train_accuracy"]),
+        "val_loss": float(val_loss),
+        "val_accuracy": float(val_accuracy),
+        "quality": float(val_accuracy),
+    }
+    return new_weights, int(len(data.x_train)), metrics
+
+
+def evaluate_on_client(
+    trainer: KerasTrainer,
+    data: SplitData,
+    weights: Sequence[np.ndarray],
+    config: Mapping[str, Any] | None = None,
+) -> tuple[float, int, dict[str, float]]:
+    """Loss and accuracy of ``weights`` on the validation split (else the train split).
+
+    Returns ``(loss, num_examples, {"accuracy": accuracy})`` as Python types.
+    """
+    del config  # nothing to configure: evaluation batch size only bounds memory
+    if _has_examples(data.x_val):
+        x, y = data.x_val, data.y_val
+    else:
+        x, y = data.x_train, data.y_train
+    loss, accuracy = trainer.evaluate(weights, x, y)
+    return float(loss), int(len(x)), {"accuracy": float(accuracy)}

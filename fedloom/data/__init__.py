@@ -1,0 +1,66 @@
+"""Offline datasets and ``flwr-datasets`` partitioning for federated experiments.
+
+Load a dataset, then split its training set across clients::
+
+    from fedloom.data import load_dataset, client_datasets
+    dataset = load_dataset("fashion_mnist")
+    clients = client_datasets(dataset, "dirichlet", num_clients=100, seed=0, alpha=0.5)
+
+Importing this package needs only numpy; scikit-learn, ``datasets`` and ``flwr_datasets``
+are imported when a loader or partitioner needs them.
+"""
+
+from fedloom.data._core import Dataset
+from fedloom.data.datasets import (
+    FASHION_MNIST_PATH,
+    dataset_names,
+    load_dataset,
+    load_digits,
+    load_fashion_mnist,
+    load_mnist5k,
+)
+from fedloom.data.federated import (
+    ClientData,
+    client_datasets,
+    log_partition_stats,
+    partition_stats,
+    train_val_split,
+)
+from fedloom.data.files import load_file
+from fedloom.data.heart_disease import HEART_DISEASE_HOSPITALS, load_heart_disease
+from fedloom.data.partitioning import (
+    PARTITION_SCHEMES,
+    dirichlet_partition,
+    iid_partition,
+    natural_partition,
+    partition,
+    pathological_partition,
+    shard_partition,
+)
+from fedloom.data.synthetic import load_synthetic
+
+__all__ = [
+    "FASHION_MNIST_PATH",
+    "HEART_DISEASE_HOSPITALS",
+    "PARTITION_SCHEMES",
+    "ClientData",
+    "Dataset",
+    "client_datasets",
+    "dataset_names",
+    "dirichlet_partition",
+    "iid_partition",
+    "load_dataset",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_file",
+    "load_heart_disease",
+    "load_mnist5k",
+    "load_synthetic",
+    "log_partition_stats",
+    "natural_partition",
+    "partition",
+    "partition_stats",
+    "pathological_partition",
+    "shard_partition",
+    "train_val_split",
+]

@@ -1,0 +1,213 @@
+"""Per-client datasets: partition a :class:`Dataset`, split each client into train/val, report."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedloom.data._core import Dataset, check_fraction
+from fedloom.data.partitioning import _check_num_partitions, _check_options, _check_scheme, partition
+from fedloom.errors import DataError
+
+__all__ = [
+    "ClientData",
+    "client_datasets",
+    "log_partition_stats",
+    "partition_stats",
+    "train_val_split",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class ClientData:
+    """One client's local data.
+
+    Attributes:
+      x_train: float32, shape ``(n_train, *feature_shape)``.
+      y_train: int64, shape ``(n_train,)``.
+      x_val: float32, shape ``(n_val, *feature_shape)``; ``n_val`` may be 0.
+      y_val: int64, shape ``(n_val,)``.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+    @property
+    def num_examples(self) -> int:
+        """Number of local training examples (the FedAvg weight)."""
+        return len(self.x_train)
+
+
+def train_val_split(
+    indices: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split one client's indices into (train, val) at random, reproducibly.
+
+    ``n_val = round(val_fraction * n)``, but at least 1 when ``val_fraction > 0`` and
+    ``n >= 2``, and at most ``n - 1`` so training keeps an example. A client with 0 or 1
+    examples gets an empty validation set; ``val_fraction == 0`` always does.
+
+    Args:
+      indices: shape ``(n,)``, the client's example indices.
+      val_fraction: in [0, 1).
+      seed: seeds the shuffle (``np.random.default_rng``).
+
+    Returns:
+      ``(train_indices, val_indices)``: disjoint int64 arrays that together hold ``indices``.
+    """
+    val_fraction = check_fraction(val_fraction, "val_fraction", example=0.1)
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    n = len(indices)
+    n_val = 0
+    if val_fraction > 0 and n >= 2:
+        n_val = min(n - 1, max(1, int(round(val_fraction * n))))
+    shuffled = np.random.default_rng(seed).permutation(indices)
+    return shuffled[n_val:], shuffled[:n_val]
+
+
+def client_datasets(
+    dataset: Dataset,
+    scheme: str,
+    num_clients: int,
+    seed: int,
+    val_fraction: float = 0.1,
+    **options,
+) -> list[ClientData]:
+    """Partition ``dataset``'s training set across clients and split each into train/val.
+
+    Args:
+      dataset: the loaded dataset; only its training part is partitioned (the test part
+        stays on the server).
+      scheme: a partitioning scheme (see ``partition``): ``iid``, ``dirichlet``,
+        ``pathological``, ``shards`` or ``natural`` (uses ``dataset.train_client_ids``).
+      num_clients: number of clients.
+      seed: seeds the partition and every client's train/val split.
+      val_fraction: fraction of each client's examples kept for local validation, in [0, 1).
+      **options: the scheme's options, e.g. ``alpha=0.5`` for ``dirichlet``.
+
+    Returns:
+      ``num_clients`` :class:`ClientData` (client ``i`` is element ``i``; for ``natural``,
+      the ``i``-th smallest natural id).
+
+    Raises:
+      DataError: before any work, for an impossible request (``num_clients`` out of range,
+        ``partition.alpha <= 0``, ``partition.num_classes_per_partition`` out of range,
+        ``num_clients`` different from the number of natural clients, ...).
+    """
+    if not isinstance(dataset, Dataset):
+        raise DataError(
+            f"client_datasets needs a fedloom.data.Dataset; got {type(dataset).__name__}. "
+            f"Load one with fedloom.data.load_dataset(name)."
+        )
+    val_fraction = check_fraction(val_fraction, "val_fraction", example=0.1)
+    key = _check_scheme(scheme)
+    _check_options(key, options)
+    _check_num_partitions(num_clients, len(dataset.y_train))
+    parts = partition(
+        dataset.y_train,
+        key,
+        num_clients,
+        seed,
+        client_ids=dataset.train_client_ids,
+        **options,
+    )
+    clients = []
+    for i, indices in enumerate(parts):
+        train, val = train_val_split(indices, val_fraction, _client_seed(seed, i))
+        clients.append(
+            ClientData(
+                x_train=dataset.x_train[train],
+                y_train=dataset.y_train[train],
+                x_val=dataset.x_train[val],
+                y_val=dataset.y_train[val],
+            )
+        )
+    return clients
+
+
+def _client_seed(seed: int, client: int) -> int:
+    # Independent of the partition's own stream and of the number of clients.
+    return int(np.random.SeedSequence([int(seed), 1, client]).generate_state(1)[0])
+
+
+def partition_stats(
+    labels: np.ndarray, partitions: list[np.ndarray], num_classes: int
+) -> dict:
+    """Sizes and label histograms of a partition, as plain Python numbers (JSON-ready).
+
+    Args:
+      labels: shape ``(N,)``, int labels in ``0..num_classes-1``.
+      partitions: one index array into ``labels`` per client.
+      num_classes: ``K``.
+
+    Returns:
+      ``{"num_clients": C, "num_examples": total assigned, "examples_per_client": [C ints],
+      "label_histogram": [[K ints] per client], "classes_per_client": [C ints] (distinct
+      labels held), "min", "max": ints, "mean": float}`` (min/max/mean of examples per client).
+    """
+    labels = np.asarray(labels)
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(
+            f"partition_stats: labels must lie in 0..{num_classes - 1}; got "
+            f"{labels.min()}..{labels.max()}. Pass the dataset's num_classes."
+        )
+    rows = [
+        np.bincount(labels[np.asarray(p, dtype=np.int64)], minlength=num_classes)
+        for p in partitions
+    ]
+    histogram = np.array(rows, dtype=np.int64).reshape(len(partitions), num_classes)
+    sizes = histogram.sum(axis=1)
+    return {
+        "num_clients": len(partitions),
+        "num_examples": int(sizes.sum()),
+        "examples_per_client": sizes.tolist(),
+        "label_histogram": histogram.tolist(),
+        "classes_per_client": (histogram > 0).sum(axis=1).tolist(),
+        "min": int(sizes.min()) if len(sizes) else 0,
+        "max": int(sizes.max()) if len(sizes) else 0,
+        "mean": float(sizes.mean()) if len(sizes) else 0.0,
+    }
+
+
+_PER_CLIENT_LINES = 10  # beyond this many clients, summarise instead of one line per client
+
+
+def log_partition_stats(stats: dict, logger: logging.Logger, level: int = logging.INFO) -> None:
+    """Log :func:`partition_stats` in a few lines (one per client only up to 10 clients)."""
+    histogram = np.asarray(stats["label_histogram"], dtype=np.int64)
+    sizes = np.asarray(stats["examples_per_client"], dtype=np.int64)
+    classes = np.asarray(stats["classes_per_client"], dtype=np.int64)
+    num_clients = stats["num_clients"]
+    if num_clients == 0:
+        logger.log(level, "partition: no clients")
+        return
+    num_classes = histogram.shape[1]
+    logger.log(
+        level,
+        "partition: %d clients, %d examples; per client min %d, mean %.1f, max %d",
+        num_clients, stats["num_examples"], stats["min"], stats["mean"], stats["max"],
+    )
+    logger.log(
+        level,
+        "classes per client: min %d, mean %.1f, max %d (of %d)",
+        classes.min(), classes.mean(), classes.max(), num_classes,
+    )
+    if num_clients <= _PER_CLIENT_LINES:
+        for i in range(num_clients):
+            logger.log(
+                level, "  client %d: %d examples, labels %s", i, sizes[i], histogram[i].tolist()
+            )
+        return
+    smallest, largest = int(sizes.argmin()), int(sizes.argmax())
+    if sizes[smallest] == sizes[largest]:
+        logger.log(level, "  e.g. client 0: labels %s", histogram[0].tolist())
+        return
+    logger.log(
+        level,
+        "  smallest client %d: labels %s; largest client %d: labels %s",
+        smallest, histogram[smallest].tolist(), largest, histogram[largest].tolist(),
+    )

@@ -1,0 +1,498 @@
+"""Split a training set across clients with ``flwr-datasets`` partitioners.
+
+Every scheme runs the matching ``flwr_datasets.partitioner`` on a small Arrow table of
+``{"index", "label"}`` (or ``"client_id"``) built with ``datasets.Dataset.from_dict``: only
+indices go through Arrow, never the features. Each function returns one int64 index array
+into the training set per client (client ``i`` is ``result[i]``).
+
+``datasets`` and ``flwr_datasets`` take over a second to import, so they are imported inside
+the functions, after the request has been validated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from fedloom.data._core import encode, is_int
+from fedloom.errors import DataError
+
+__all__ = [
+    "PARTITION_SCHEMES",
+    "dirichlet_partition",
+    "iid_partition",
+    "natural_partition",
+    "partition",
+    "pathological_partition",
+    "shard_partition",
+]
+
+#: Scheme names accepted by :func:`partition` (and ``client_datasets``).
+PARTITION_SCHEMES = ("iid", "dirichlet", "pathological", "shards", "natural")
+
+# Scheme -> (required options, optional options) of the scheme function beyond
+# (labels, num_partitions, seed). Used to refuse typos in configs before any work.
+_SCHEME_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "iid": ((), ()),
+    "dirichlet": (("alpha",), ("min_partition_size", "self_balancing")),
+    "pathological": (("num_classes_per_partition",), ("class_assignment_mode",)),
+    "shards": ((), ("num_shards_per_partition", "shard_size")),
+    "natural": ((), ()),
+}
+_OPTION_EXAMPLES = {"alpha": "0.5", "num_classes_per_partition": "2"}
+
+_DIRICHLET_ATTEMPTS = 10  # each runs flwr-datasets' own 11 draws
+
+
+def iid_partition(labels: np.ndarray, num_partitions: int, seed: int) -> list[np.ndarray]:
+    """Uniformly random, equal-size partitions (sizes differ by at most one).
+
+    The IID baseline of McMahan et al. 2017 ("shuffle, then 600 examples per client" for
+    60,000 MNIST images and 100 clients): the indices are shuffled with ``seed``, then
+    ``flwr_datasets.partitioner.IidPartitioner`` cuts them into contiguous blocks.
+
+    Args:
+      labels: shape ``(N,)``; only its length is used.
+      num_partitions: number of clients, ``1 <= num_partitions <= N``.
+      seed: seeds the shuffle.
+
+    Returns:
+      ``num_partitions`` int64 index arrays into ``labels``, together a permutation of ``0..N-1``.
+    """
+    labels = _as_labels(labels)
+    _check_num_partitions(num_partitions, len(labels))
+    from flwr_datasets.partitioner import IidPartitioner
+
+    order = np.random.default_rng(seed).permutation(len(labels))
+    return _run(IidPartitioner(num_partitions=num_partitions), {"index": order})
+
+
+def dirichlet_partition(
+    labels: np.ndarray,
+    num_partitions: int,
+    alpha: float | Sequence[float],
+    seed: int,
+    min_partition_size: int | None = None,
+    self_balancing: bool = False,
+) -> list[np.ndarray]:
+    """Label-skewed partitions drawn from a Dirichlet distribution (Hsu et al. 2019).
+
+    Hsu, Qi and Brown, "Measuring the Effects of Non-Identical Data Distribution for
+    Federated Visual Classification", 2019. Implemented by
+    ``flwr_datasets.partitioner.DirichletPartitioner``: for each class, a proportion vector
+    ``p ~ Dir(alpha * 1_K)`` over the ``K`` clients splits that class's examples. Smaller
+    ``alpha`` gives more label skew (and more unequal sizes); ``alpha -> inf`` tends to IID.
+    If a client ends up with fewer than ``min_partition_size`` examples the draw is
+    repeated (up to 110 draws, seeds derived from ``seed``).
+
+    Args:
+      labels: shape ``(N,)``, class labels (any sortable type).
+      num_partitions: number of clients, ``1 <= num_partitions <= N``.
+      alpha: concentration, > 0; a sequence gives one value per client.
+      seed: seeds the Dirichlet draws and the within-client shuffle.
+      min_partition_size: fewest examples any client may get. None: ``min(10, N // (4 *
+        num_partitions))``, at least 1.
+      self_balancing: stop giving examples to clients already above ``N / num_partitions``
+        (as in the original authors' code).
+
+    Returns:
+      ``num_partitions`` int64 index arrays into ``labels``, together a permutation of ``0..N-1``.
+    """
+    labels = _as_labels(labels)
+    n = len(labels)
+    _check_num_partitions(num_partitions, n)
+    alpha = _check_alpha(alpha, num_partitions)
+    auto = min_partition_size is None
+    if auto:
+        min_partition_size = max(1, min(10, n // (4 * num_partitions)))
+    if not (is_int(min_partition_size) and min_partition_size >= 0):
+        raise DataError(
+            f"partition.min_partition_size must be an integer >= 0; got "
+            f"min_partition_size={min_partition_size!r}. Use e.g. min_partition_size=10."
+        )
+    if min_partition_size * num_partitions > n:
+        raise DataError(
+            f"partition.min_partition_size={min_partition_size} for num_clients={num_partitions} "
+            f"needs {min_partition_size * num_partitions} examples but the training set has {n}. "
+            f"Lower partition.min_partition_size or num_clients."
+        )
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    codes, _ = encode(labels)
+    table = _index_table({"label": codes})
+    for attempt in range(_DIRICHLET_ATTEMPTS):
+        attempt_seed = seed if attempt == 0 else _derived_seed(seed, attempt)
+        partitioner = DirichletPartitioner(
+            num_partitions=num_partitions,
+            partition_by="label",
+            alpha=alpha,
+            min_partition_size=int(min_partition_size),
+            self_balancing=bool(self_balancing),
+            shuffle=True,
+            seed=attempt_seed,
+        )
+        try:
+            with warnings.catch_warnings():
+                # flwr-datasets warns on every redraw; the retries are expected here.
+                warnings.filterwarnings("ignore", message="The specified min_partition_size")
+                return _read(partitioner, table, num_partitions)
+        except ValueError as err:
+            if "max number of attempts" not in str(err):
+                raise DataError(f"Dirichlet partitioning failed: {err}") from None
+    raise DataError(
+        f"partition.min_partition_size={min_partition_size}{' (default)' if auto else ''} "
+        f"was not met by any of "
+        f"{_DIRICHLET_ATTEMPTS * 11} Dirichlet draws with partition.alpha={_alpha_text(alpha)}, "
+        f"num_clients={num_partitions} and {n} examples. Raise partition.alpha, lower "
+        f"partition.min_partition_size or use fewer clients."
+    )
+
+
+def pathological_partition(
+    labels: np.ndarray,
+    num_partitions: int,
+    num_classes_per_partition: int,
+    seed: int,
+    class_assignment_mode: str = "first-deterministic",
+) -> list[np.ndarray]:
+    """Each client holds exactly ``num_classes_per_partition`` classes.
+
+    The "#C = k" label-skew setting of Li, Diao, Chen and He, "Federated Learning on
+    Non-IID Data Silos: An Experimental Study", ICDE 2022, via
+    ``flwr_datasets.partitioner.PathologicalPartitioner``. Each class's examples are
+    divided evenly among the clients that hold that class.
+
+    Args:
+      labels: shape ``(N,)``, class labels (any sortable type).
+      num_partitions: number of clients, ``1 <= num_partitions <= N``.
+      num_classes_per_partition: classes per client, in ``1..C`` (C = distinct labels).
+      seed: seeds the class assignment and the within-client shuffle.
+      class_assignment_mode: ``"first-deterministic"`` (client ``i`` gets class ``i mod C``
+        plus random others, so every class is used once there are at least C clients: the
+        paper's mode), ``"random"`` or ``"deterministic"`` (classes ``i .. i+k-1 mod C``).
+
+    Returns:
+      ``num_partitions`` int64 index arrays into ``labels``. All examples are used when
+      every class is assigned to some client (else flwr-datasets warns which are not).
+    """
+    labels = _as_labels(labels)
+    _check_num_partitions(num_partitions, len(labels))
+    codes, classes = encode(labels)
+    k = num_classes_per_partition
+    if not (is_int(k) and 1 <= k <= len(classes)):
+        raise DataError(
+            f"partition.num_classes_per_partition must be an integer in 1..{len(classes)} (the "
+            f"classes in the training labels); got num_classes_per_partition={k!r}. "
+            f"Use e.g. num_classes_per_partition=2."
+        )
+    modes = ("first-deterministic", "random", "deterministic")
+    if class_assignment_mode not in modes:
+        raise DataError(
+            f"partition.class_assignment_mode must be one of {', '.join(modes)}; got "
+            f"class_assignment_mode={class_assignment_mode!r}."
+        )
+    from flwr_datasets.partitioner import PathologicalPartitioner
+
+    partitioner = PathologicalPartitioner(
+        num_partitions=num_partitions,
+        partition_by="label",
+        num_classes_per_partition=int(k),
+        class_assignment_mode=class_assignment_mode,
+        shuffle=True,
+        seed=seed,
+    )
+    try:
+        return _read(partitioner, _index_table({"label": codes}), num_partitions)
+    except ValueError as err:  # a class is too small for the clients that need it
+        raise DataError(
+            f"pathological partitioning with num_clients={num_partitions} and "
+            f"partition.num_classes_per_partition={k} is impossible on this data: "
+            f"{' '.join(str(err).split())}"
+        ) from None
+
+
+def shard_partition(
+    labels: np.ndarray,
+    num_partitions: int,
+    num_shards_per_partition: int = 2,
+    shard_size: int | None = None,
+    *,
+    seed: int,
+) -> list[np.ndarray]:
+    """McMahan et al. 2017's pathological non-IID split: sort by label, deal out shards.
+
+    McMahan, Moore, Ramage, Hampson and Agüera y Arcas, "Communication-Efficient Learning
+    of Deep Networks from Decentralized Data", AISTATS 2017: the 60,000 MNIST training images
+    sorted by label, cut into 200 shards of 300, two shards per client for 100 clients (so
+    most clients see two digits). Via ``flwr_datasets.partitioner.ShardPartitioner``.
+
+    Args:
+      labels: shape ``(N,)``, class labels (any sortable type).
+      num_partitions: number of clients.
+      num_shards_per_partition: shards per client, >= 1.
+      shard_size: examples per shard. None: ``N // (num_partitions * num_shards_per_partition)``
+        (300 for the paper's setting).
+      seed: keyword-only; seeds which shards each client gets and the within-client shuffle.
+
+    Returns:
+      ``num_partitions`` int64 index arrays of exactly ``num_shards_per_partition *
+      shard_size`` examples each, no index repeated. The remaining ``N - num_partitions *
+      num_shards_per_partition * shard_size`` examples (fewer than one shard per client when
+      ``shard_size`` is None) go to no client.
+    """
+    labels = _as_labels(labels)
+    n = len(labels)
+    _check_num_partitions(num_partitions, n)
+    s = num_shards_per_partition
+    if not (is_int(s) and s >= 1):
+        raise DataError(
+            f"partition.num_shards_per_partition must be an integer >= 1; got "
+            f"num_shards_per_partition={s!r}. Use e.g. num_shards_per_partition=2 (McMahan et al.)."
+        )
+    num_shards = num_partitions * int(s)
+    if shard_size is None:
+        shard_size = n // num_shards
+        if shard_size < 1:
+            raise DataError(
+                f"num_clients={num_partitions} x partition.num_shards_per_partition={s} = "
+                f"{num_shards} shards is more than the {n} training examples. Lower num_clients "
+                f"or partition.num_shards_per_partition."
+            )
+    elif not (is_int(shard_size) and shard_size >= 1):
+        raise DataError(
+            f"partition.shard_size must be an integer >= 1 or None; got shard_size={shard_size!r}. "
+            f"Use None to derive it from the data size."
+        )
+    if num_shards * shard_size > n:
+        raise DataError(
+            f"partition.shard_size={shard_size} x {num_shards} shards (num_clients="
+            f"{num_partitions} x partition.num_shards_per_partition={s}) needs "
+            f"{num_shards * shard_size} examples "
+            f"but the training set has {n}. Lower partition.shard_size or set it to None."
+        )
+    from flwr_datasets.partitioner import ShardPartitioner
+
+    codes, _ = encode(labels)
+    partitioner = ShardPartitioner(
+        num_partitions=num_partitions,
+        partition_by="label",
+        num_shards_per_partition=int(s),
+        shard_size=int(shard_size),
+        shuffle=True,
+        seed=seed,
+    )
+    with warnings.catch_warnings():
+        # pyarrow >= 25 deprecates an option that datasets' sort still passes.
+        warnings.filterwarnings("ignore", category=FutureWarning, module="pyarrow")
+        return _read(partitioner, _index_table({"label": codes}), num_partitions)
+
+
+def natural_partition(client_ids: np.ndarray) -> list[np.ndarray]:
+    """One partition per distinct natural client id (hospital, device, writer, ...).
+
+    Via ``flwr_datasets.partitioner.NaturalIdPartitioner``.
+
+    Args:
+      client_ids: shape ``(N,)``, the natural client of each example (any sortable type).
+
+    Returns:
+      One int64 index array per distinct id, in sorted id order (partition ``i`` holds the
+      ``i``-th smallest id), each in ascending index order.
+    """
+    ids = _as_labels(client_ids, setting="client_ids")
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
+    codes, uniques = encode(ids)
+    partitioner = NaturalIdPartitioner(partition_by="client_id")
+    # NaturalIdPartitioner draws a tqdm bar on stderr for every call; keep it quiet.
+    with contextlib.redirect_stderr(io.StringIO()):
+        parts = _read(partitioner, _index_table({"client_id": codes}), len(uniques))
+    return [np.sort(p) for p in parts]
+
+
+def partition(
+    labels: np.ndarray,
+    scheme: str,
+    num_partitions: int,
+    seed: int,
+    client_ids: np.ndarray | None = None,
+    **options,
+) -> list[np.ndarray]:
+    """Partition by scheme name: ``partition(y, "dirichlet", 100, seed=0, alpha=0.5)``.
+
+    Args:
+      labels: shape ``(N,)``, the training labels.
+      scheme: one of :data:`PARTITION_SCHEMES`: ``iid``, ``dirichlet`` (needs ``alpha``),
+        ``pathological`` (needs ``num_classes_per_partition``), ``shards``, ``natural``
+        (needs ``client_ids``; ``num_partitions`` must equal the number of distinct ids).
+      num_partitions: number of clients.
+      seed: seeds the scheme (unused by ``natural``).
+      client_ids: shape ``(N,)``, natural client ids, for ``natural`` only.
+      **options: the scheme's own options (see each ``*_partition`` function).
+
+    Returns:
+      ``num_partitions`` int64 index arrays into ``labels``.
+
+    Raises:
+      DataError: unknown scheme or option, missing option, or an impossible request; the
+        message names the setting (``partition.alpha``, ``num_clients``, ...).
+    """
+    key = _check_scheme(scheme)
+    _check_options(key, options)
+    if key == "natural":
+        _check_natural(client_ids, num_partitions, len(_as_labels(labels)))
+        return natural_partition(client_ids)
+    if key == "iid":
+        return iid_partition(labels, num_partitions, seed)
+    if key == "dirichlet":
+        return dirichlet_partition(labels, num_partitions, seed=seed, **options)
+    if key == "pathological":
+        return pathological_partition(labels, num_partitions, seed=seed, **options)
+    return shard_partition(labels, num_partitions, seed=seed, **options)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _check_scheme(scheme: str) -> str:
+    key = str(scheme).strip().lower()
+    key = {"shard": "shards", "dir": "dirichlet"}.get(key, key)
+    if key not in PARTITION_SCHEMES:
+        raise DataError(
+            f"partition.scheme={scheme!r} is not a partitioning scheme. Known: "
+            f"{', '.join(PARTITION_SCHEMES)}."
+        )
+    return key
+
+
+def _check_options(key: str, options: dict) -> None:
+    required, optional = _SCHEME_OPTIONS[key]
+    unknown = sorted(set(options) - set(required) - set(optional))
+    if unknown:
+        takes = ", ".join((*required, *optional)) or "no options"
+        raise DataError(
+            f"partition.{unknown[0]} is not an option of the {key!r} scheme; it takes: {takes}. "
+            f"Remove or rename it."
+        )
+    for name in required:
+        if options.get(name) is None:
+            raise DataError(
+                f"partition.{name} is required for {key} partitioning; set e.g. "
+                f"partition.{name}={_OPTION_EXAMPLES.get(name, '...')}."
+            )
+
+
+def _check_natural(client_ids: np.ndarray | None, num_partitions: int, n: int) -> None:
+    if client_ids is None:
+        raise DataError(
+            "partition.scheme='natural' needs natural client ids but the dataset has none "
+            "(train_client_ids is None). Use heart_disease, synthetic or a file with "
+            "dataset.client_id_column, or another partition.scheme."
+        )
+    ids = _as_labels(client_ids, setting="client_ids")
+    if len(ids) != n:
+        raise DataError(
+            f"client_ids has {len(ids)} entries but there are {n} labels; give one client id "
+            f"per training example."
+        )
+    num_ids = len(np.unique(ids))
+    if num_partitions != num_ids:
+        raise DataError(
+            f"num_clients={num_partitions} but the natural split has {num_ids} clients (distinct "
+            f"ids); set num_clients={num_ids} for partition.scheme='natural'."
+        )
+
+
+def _as_labels(labels, setting: str = "labels") -> np.ndarray:
+    array = np.asarray(labels)
+    if array.ndim != 1 or len(array) == 0:
+        raise DataError(
+            f"{setting} must be a non-empty 1-D array, one entry per training example; got "
+            f"shape {array.shape}."
+        )
+    return array
+
+
+def _check_num_partitions(num_partitions: int, n: int) -> None:
+    if not (is_int(num_partitions) and num_partitions >= 1):
+        raise DataError(
+            f"num_clients must be an integer >= 1; got num_clients={num_partitions!r}. "
+            f"Use e.g. num_clients=10."
+        )
+    if num_partitions > n:
+        raise DataError(
+            f"num_clients={num_partitions} is more than the {n} training examples; each client "
+            f"needs at least one. Lower num_clients to at most {n} or use a larger dataset."
+        )
+
+
+def _check_alpha(alpha, num_partitions: int) -> float | list[float]:
+    values = np.atleast_1d(np.asarray(alpha, dtype=object))
+    ok = values.ndim == 1 and all(
+        isinstance(a, (int, float, np.integer, np.floating)) and not isinstance(a, bool) and a > 0
+        for a in values
+    )
+    if ok and values.size not in (1, num_partitions):
+        ok = False
+    if not ok:
+        raise DataError(
+            f"partition.alpha must be > 0 for Dirichlet partitioning (a number, or one per "
+            f"client); got alpha={alpha!r}. Use e.g. alpha=0.5 (smaller = more label skew)."
+        )
+    if values.size == 1:
+        return float(values[0])
+    return [float(a) for a in values]
+
+
+def _alpha_text(alpha: float | list[float]) -> str:
+    return f"{alpha:g}" if isinstance(alpha, float) else f"[{min(alpha):g}..{max(alpha):g}]"
+
+
+def _derived_seed(seed: int, attempt: int) -> int:
+    return int(np.random.SeedSequence([int(seed), attempt]).generate_state(1)[0])
+
+
+def _index_table(columns: dict[str, np.ndarray]):
+    """A ``datasets.Dataset`` of ``index`` (0..N-1 unless given) plus the given columns."""
+    import datasets
+
+    n = len(next(iter(columns.values())))
+    return datasets.Dataset.from_dict({"index": np.arange(n, dtype=np.int64), **columns})
+
+
+def _run(partitioner, columns: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import datasets
+
+    return _read(partitioner, datasets.Dataset.from_dict(columns), partitioner.num_partitions)
+
+
+def _read(partitioner, table, num_partitions: int) -> list[np.ndarray]:
+    """Assign ``table`` to ``partitioner`` and return each partition's ``index`` column.
+
+    ``load_partition`` hashes its index list for the dataset fingerprint (pickling every
+    numpy integer), which alone takes seconds for 60,000 examples. So partition 0 is read
+    through the public API (which also runs the assignment and flwr-datasets' checks) and
+    the rest from the partitioner's own assignment, mapped through ``partitioner.dataset``
+    (ShardPartitioner sorts it). If that attribute is missing or disagrees with partition
+    0, every partition is read through ``load_partition`` instead.
+    """
+    partitioner.dataset = table
+    first = _arrow_index(partitioner.load_partition(0))
+    positions = getattr(partitioner, "_partition_id_to_indices", None)
+    if isinstance(positions, dict) and len(positions) == num_partitions:
+        index = _arrow_index(partitioner.dataset)
+        parts = [index[np.asarray(positions[i], dtype=np.int64)] for i in range(num_partitions)]
+        if np.array_equal(parts[0], first):
+            return parts
+    return [first] + [
+        _arrow_index(partitioner.load_partition(i)) for i in range(1, num_partitions)
+    ]
+
+
+def _arrow_index(table) -> np.ndarray:
+    # Arrow format: reading a column as numpy through datasets' formatter is 50x slower.
+    return np.asarray(table.with_format("arrow")["index"].to_numpy(), dtype=np.int64)

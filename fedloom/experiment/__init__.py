@@ -1,0 +1,12 @@
+"""Run a whole fedloom experiment from a Hydra config (what ``simulate.py`` calls).
+
+- ``settings``: checks the config before any work (one-line errors naming the key).
+- ``setup``: dataset and client partitions (cached per process), model spec, the
+  ``ClientApp``, the strategy, the server-side evaluation.
+- ``history``: per-round records, ``history.json``, progress lines and the plot.
+- ``runner``: runs it on the chosen engine.
+"""
+
+from fedloom.experiment.runner import run_experiment
+
+__all__ = ["run_experiment"]

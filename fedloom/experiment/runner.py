@@ -1,0 +1,128 @@
+"""Run an experiment config on the chosen engine and record its history.
+
+The engine call is isolated here (:func:`_run_local`, :func:`_run_flower`): everything
+else — data, model, strategy, evaluation, history — is the same on both engines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fedloom.experiment import settings, setup
+from fedloom.experiment.history import RunHistory, plot_history
+
+__all__ = ["run_experiment"]
+
+LOGGER = logging.getLogger("fedloom")
+
+
+def run_experiment(cfg: Mapping[str, Any], output_dir: str | Path) -> list[dict[str, Any]]:
+    """Validate ``cfg``, run it, write ``history.json`` (and ``plot.png``) to ``output_dir``.
+
+    Args:
+        cfg: the resolved config as plain containers.
+        output_dir: where to write (Hydra's run directory in ``simulate.py``).
+
+    Returns:
+        The per-round records (round 0 = the initial model).
+
+    Raises:
+        ConfigError, DataError: before training, for bad settings or data.
+    """
+    settings.validate(cfg)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True))
+    dataset, clients = setup.federated_data(setup.data_key(cfg))  # fails fast on bad data
+    (output_dir / "partition.json").write_text(
+        json.dumps(setup.client_stats(clients, dataset.num_classes))
+    )
+    strategy = setup.build_strategy(cfg)
+
+    from fedloom.clients import get_trainer
+    from fedloom.records import ndarrays_to_arrayrecord
+
+    trainer = get_trainer(setup.model_spec(cfg, dataset))
+    initial = trainer.get_weights()
+    initial_arrays = ndarrays_to_arrayrecord(initial, [str(i) for i in range(len(initial))])
+    history = RunHistory(output_dir, int(cfg["num_rounds"]))
+    evaluate_fn = _central_evaluation(trainer, dataset, strategy, history)
+
+    engine = cfg["engine"]["name"]
+    run = _run_local if engine == "local" else _run_flower
+    run(cfg, strategy, initial_arrays, evaluate_fn)
+
+    if cfg.get("plot", True):
+        plot_history(history.records, output_dir / "plot.png",
+                     title=f"{cfg['strategy']['_target_'].split('.', 2)[-1]} on {cfg['dataset']['name']}")
+    return history.records
+
+
+def _central_evaluation(trainer, dataset, strategy, history: RunHistory):
+    """Flower ``evaluate_fn``: test-set loss/accuracy of the global model each round,
+    recorded with the strategy's report of that round."""
+    from flwr.app import MetricRecord
+
+    from fedloom.records import arrayrecord_views
+
+    def evaluate(server_round: int, arrays) -> MetricRecord:
+        loss, accuracy = trainer.evaluate(arrayrecord_views(arrays), dataset.x_test, dataset.y_test)
+        reports = [r for r in strategy.reports if r.server_round == server_round]
+        history.record_round(server_round, {"accuracy": accuracy, "loss": loss},
+                             reports[-1] if reports else None)
+        return MetricRecord({"accuracy": float(accuracy), "loss": float(loss)})
+
+    return evaluate
+
+
+def _start(cfg, strategy, grid, initial_arrays, evaluate_fn) -> None:
+    strategy.start(
+        grid=grid,
+        initial_arrays=initial_arrays,
+        num_rounds=int(cfg["num_rounds"]),
+        timeout=float(cfg["round_timeout"]),
+        train_config=setup.train_config(cfg),
+        evaluate_fn=evaluate_fn,
+    )
+
+
+def _run_local(cfg, strategy, initial_arrays, evaluate_fn) -> None:
+    """fedloom's engine: every ClientApp call in this process, seeded node ids."""
+    from fedloom.engine import LocalGrid
+
+    grid = LocalGrid(setup.build_client_app(cfg), int(cfg["num_clients"]), seed=int(cfg["seed"]))
+    _start(cfg, strategy, grid, initial_arrays, evaluate_fn)
+
+
+def _run_flower(cfg, strategy, initial_arrays, evaluate_fn) -> None:
+    """Flower's simulation engine (Ray) through ``flwr.simulation.run_simulation``.
+
+    ``run_simulation`` is deprecated in favour of ``flwr run``, but it is the call that
+    runs in this process and takes Python objects: ``flwr run`` needs a SuperLink
+    process, a packaged app, and passes only flat run-config strings, so the composed
+    Hydra config, the strategy object and the history writer could not cross it.
+    """
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        _start(cfg, strategy, grid, initial_arrays, evaluate_fn)
+
+    engine = cfg["engine"]
+    backend_config = {
+        "client_resources": {
+            "num_cpus": int(engine.get("num_cpus_per_client", 1)),
+            "num_gpus": float(engine.get("num_gpus_per_client", 0.0)),
+        },
+        "init_args": {"address": engine["ray_address"]} if engine.get("ray_address") else {},
+    }
+    run_simulation(server_app, setup.build_client_app(cfg), int(cfg["num_clients"]),
+                   backend_config=backend_config)

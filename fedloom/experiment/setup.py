@@ -1,0 +1,136 @@
+"""Everything an experiment is built from, derived from its config.
+
+Data and models are cached per process: a simulation worker (or the local engine)
+loads the dataset and computes the partitions once, and builds one model, whatever
+the number of clients and rounds it serves.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from fedloom.data import Dataset, client_datasets, load_dataset, log_partition_stats, partition_stats
+from fedloom.errors import ConfigError
+
+__all__ = [
+    "data_key",
+    "federated_data",
+    "client_stats",
+    "model_spec",
+    "build_client_app",
+    "build_strategy",
+    "train_config",
+]
+
+LOGGER = logging.getLogger("fedloom")
+
+
+def data_key(cfg: Mapping[str, Any]) -> str:
+    """A canonical string of the settings that decide the clients' data."""
+    return json.dumps(
+        {
+            "dataset": dict(cfg["dataset"]),
+            "partition": dict(cfg["partition"]),
+            "num_clients": cfg["num_clients"],
+            "seed": cfg["seed"],
+            "val_fraction": cfg["val_fraction"],
+        },
+        sort_keys=True,
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def federated_data(key: str) -> tuple[Dataset, list]:
+    """``(dataset, client_datasets)`` for a :func:`data_key`; computed once per process."""
+    settings = json.loads(key)
+    dataset_options = dict(settings["dataset"])
+    dataset = load_dataset(dataset_options.pop("name"), **dataset_options)
+    partition_options = dict(settings["partition"])
+    scheme = partition_options.pop("scheme")
+    clients = client_datasets(
+        dataset, scheme, settings["num_clients"], settings["seed"],
+        settings["val_fraction"], **partition_options,
+    )
+    log_partition_stats(client_stats(clients, dataset.num_classes), LOGGER)
+    return dataset, clients
+
+
+def client_stats(clients: list, num_classes: int) -> dict:
+    """:func:`fedloom.data.partition_stats` of the clients' training splits."""
+    labels = np.concatenate([c.y_train for c in clients])
+    sizes = np.array([len(c.y_train) for c in clients])
+    parts = np.split(np.arange(len(labels)), np.cumsum(sizes)[:-1])
+    return partition_stats(labels, parts, num_classes)
+
+
+def model_spec(cfg: Mapping[str, Any], dataset: Dataset):
+    """The :class:`fedloom.models.ModelSpec` of ``cfg.model`` for ``dataset``'s shapes."""
+    from fedloom.models import ModelSpec  # light: keras is imported only when built
+
+    options = dict(cfg["model"])
+    name = options.pop("name")
+    return ModelSpec(name, dataset.feature_shape, dataset.num_classes, seed=cfg["seed"], options=options)
+
+
+def build_client_app(cfg: Mapping[str, Any]):
+    """The Message-API ``ClientApp`` for this experiment: node ``partition-id`` ``i``
+    trains on client dataset ``i`` with the shared cached Keras trainer."""
+    from fedloom.clients import get_trainer, make_client_app
+
+    key = data_key(cfg)
+    model = dict(cfg["model"])
+    seed = int(cfg["seed"])
+
+    def load_client(context):
+        dataset, clients = federated_data(key)
+        spec = model_spec({"model": model, "seed": seed}, dataset)
+        return get_trainer(spec), clients[int(context.node_config["partition-id"])]
+
+    return make_client_app(load_client, seed=seed)
+
+
+def build_strategy(cfg: Mapping[str, Any]):
+    """Instantiate ``cfg.strategy`` (its ``_target_``) with the experiment's sampling.
+
+    ``clients_per_round`` of ``num_clients`` are sampled each round (seeded), federated
+    evaluation is off (the server evaluates the global model on the test set).
+    """
+    from hydra.utils import instantiate
+
+    num_clients, per_round = int(cfg["num_clients"]), int(cfg["clients_per_round"])
+    options = dict(cfg["strategy"])
+    try:
+        return instantiate(
+            options,
+            fraction_train=per_round / num_clients,
+            min_train_nodes=per_round,
+            min_available_nodes=num_clients,
+            fraction_evaluate=0.0,
+            min_evaluate_nodes=0,
+            min_valid_updates=int(cfg["min_valid_updates"]),
+            seed=int(cfg["seed"]),
+        )
+    except Exception as err:  # Hydra wraps the constructor's TypeError/ConfigError
+        cause = err.__cause__ or err
+        raise ConfigError(
+            f"strategy={options['_target_']} cannot be built: {cause}".replace("\n", " ")
+        ) from err
+
+
+def train_config(cfg: Mapping[str, Any]):
+    """What every client is told each round (a strategy may override, e.g. FedAvg's E, B)."""
+    from flwr.app import ConfigRecord
+
+    return ConfigRecord(
+        {
+            "local-epochs": int(cfg["local_epochs"]),
+            "batch-size": int(cfg["batch_size"]),
+            "learning-rate": float(cfg["learning_rate"]),
+        }
+    )
