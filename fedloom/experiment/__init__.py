@@ -7,6 +7,6 @@
 - ``runner``: runs it on the chosen engine.
 """
 
-from fedloom.experiment.runner import run_experiment
+from fedloom.experiment.runner import Experiment, prepare_experiment, run_experiment
 
-__all__ = ["run_experiment"]
+__all__ = ["Experiment", "prepare_experiment", "run_experiment"]

@@ -12,6 +12,7 @@ num_rejected       updates left out (``rejected`` maps reason -> count)
 bytes_up           serialized model bytes the clients sent this round
 bytes_down         serialized model bytes sent to this round's clients
 seconds            wall time of the round (training, aggregation, evaluation)
+time               Unix time the record was made
 cumulative_*       running totals of bytes and seconds
 train_*, client_*  the clients' reported metrics, averaged by example count
 =================  ===========================================================
@@ -65,6 +66,7 @@ class RunHistory:
             "bytes_up": int(report.bytes_received) if report else 0,
             "bytes_down": int(report.bytes_sent) if report else 0,
             "seconds": seconds,
+            "time": time.time(),
             "aggregation_seconds": float(report.aggregation_seconds) if report else 0.0,
         }
         for key in ("bytes_up", "bytes_down", "seconds"):

@@ -1,7 +1,9 @@
 """Run an experiment config on the chosen engine and record its history.
 
-The engine call is isolated here (:func:`_run_local`, :func:`_run_flower`): everything
-else — data, model, strategy, evaluation, history — is the same on both engines.
+:func:`prepare_experiment` builds everything from the config (data, model, strategy,
+central evaluation, history); :meth:`Experiment.start` runs the rounds on any Flower
+``Grid``. The engine call is isolated in :func:`_run_local` and :func:`_run_flower`;
+a deployment's ``ServerApp`` calls ``prepare_experiment(...).start(grid)`` the same way.
 """
 
 from __future__ import annotations
@@ -9,26 +11,49 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedloom.experiment import settings, setup
 from fedloom.experiment.history import RunHistory, plot_history
 
-__all__ = ["run_experiment"]
+__all__ = ["Experiment", "prepare_experiment", "run_experiment"]
 
 LOGGER = logging.getLogger("fedloom")
 
 
-def run_experiment(cfg: Mapping[str, Any], output_dir: str | Path) -> list[dict[str, Any]]:
-    """Validate ``cfg``, run it, write ``history.json`` (and ``plot.png``) to ``output_dir``.
+@dataclass
+class Experiment:
+    """An experiment ready to run: its config, strategy, initial model and history."""
 
-    Args:
-        cfg: the resolved config as plain containers.
-        output_dir: where to write (Hydra's run directory in ``simulate.py``).
+    cfg: Mapping[str, Any]
+    output_dir: Path
+    strategy: Any
+    initial_arrays: Any
+    history: RunHistory
+    evaluate_fn: Any
 
-    Returns:
-        The per-round records (round 0 = the initial model).
+    def start(self, grid) -> list[dict[str, Any]]:
+        """Run all rounds on ``grid`` (any ``flwr.serverapp.Grid``); write the plot."""
+        self.history.restart_clock()
+        self.strategy.start(
+            grid=grid,
+            initial_arrays=self.initial_arrays,
+            num_rounds=int(self.cfg["num_rounds"]),
+            timeout=float(self.cfg["round_timeout"]),
+            train_config=setup.train_config(self.cfg),
+            evaluate_fn=self.evaluate_fn,
+        )
+        if self.cfg.get("plot", True):
+            target = self.cfg["strategy"]["_target_"].split(".", 2)[-1]
+            plot_history(self.history.records, self.output_dir / "plot.png",
+                         title=f"{target} on {self.cfg['dataset']['name']}")
+        return self.history.records
+
+
+def prepare_experiment(cfg: Mapping[str, Any], output_dir: str | Path) -> Experiment:
+    """Validate ``cfg`` and build everything but the engine.
 
     Raises:
         ConfigError, DataError: before training, for bad settings or data.
@@ -51,15 +76,16 @@ def run_experiment(cfg: Mapping[str, Any], output_dir: str | Path) -> list[dict[
     initial_arrays = ndarrays_to_arrayrecord(initial, [str(i) for i in range(len(initial))])
     history = RunHistory(output_dir, int(cfg["num_rounds"]))
     evaluate_fn = _central_evaluation(trainer, dataset, strategy, history)
+    return Experiment(cfg, output_dir, strategy, initial_arrays, history, evaluate_fn)
 
-    engine = cfg["engine"]["name"]
-    run = _run_local if engine == "local" else _run_flower
-    run(cfg, strategy, initial_arrays, evaluate_fn)
 
-    if cfg.get("plot", True):
-        plot_history(history.records, output_dir / "plot.png",
-                     title=f"{cfg['strategy']['_target_'].split('.', 2)[-1]} on {cfg['dataset']['name']}")
-    return history.records
+def run_experiment(cfg: Mapping[str, Any], output_dir: str | Path) -> list[dict[str, Any]]:
+    """Validate ``cfg``, run it on ``cfg.engine``, write ``history.json`` (and
+    ``plot.png``) to ``output_dir``; return the per-round records (round 0 = initial)."""
+    experiment = prepare_experiment(cfg, output_dir)
+    if cfg["engine"]["name"] == "local":
+        return _run_local(experiment)
+    return _run_flower(experiment)
 
 
 def _central_evaluation(trainer, dataset, strategy, history: RunHistory):
@@ -79,26 +105,16 @@ def _central_evaluation(trainer, dataset, strategy, history: RunHistory):
     return evaluate
 
 
-def _start(cfg, strategy, grid, initial_arrays, evaluate_fn) -> None:
-    strategy.start(
-        grid=grid,
-        initial_arrays=initial_arrays,
-        num_rounds=int(cfg["num_rounds"]),
-        timeout=float(cfg["round_timeout"]),
-        train_config=setup.train_config(cfg),
-        evaluate_fn=evaluate_fn,
-    )
-
-
-def _run_local(cfg, strategy, initial_arrays, evaluate_fn) -> None:
+def _run_local(experiment: Experiment) -> list[dict[str, Any]]:
     """fedloom's engine: every ClientApp call in this process, seeded node ids."""
     from fedloom.engine import LocalGrid
 
+    cfg = experiment.cfg
     grid = LocalGrid(setup.build_client_app(cfg), int(cfg["num_clients"]), seed=int(cfg["seed"]))
-    _start(cfg, strategy, grid, initial_arrays, evaluate_fn)
+    return experiment.start(grid)
 
 
-def _run_flower(cfg, strategy, initial_arrays, evaluate_fn) -> None:
+def _run_flower(experiment: Experiment) -> list[dict[str, Any]]:
     """Flower's simulation engine (Ray) through ``flwr.simulation.run_simulation``.
 
     ``run_simulation`` is deprecated in favour of ``flwr run``, but it is the call that
@@ -114,8 +130,9 @@ def _run_flower(cfg, strategy, initial_arrays, evaluate_fn) -> None:
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        _start(cfg, strategy, grid, initial_arrays, evaluate_fn)
+        experiment.start(grid)
 
+    cfg = experiment.cfg
     engine = cfg["engine"]
     backend_config = {
         "client_resources": {
@@ -126,3 +143,4 @@ def _run_flower(cfg, strategy, initial_arrays, evaluate_fn) -> None:
     }
     run_simulation(server_app, setup.build_client_app(cfg), int(cfg["num_clients"]),
                    backend_config=backend_config)
+    return experiment.history.records
