@@ -187,13 +187,23 @@ class KerasTrainer:
             if momentum > 0
             else []
         )
+        self._initial_weights = [np.array(v.numpy(), copy=True) for v in self._variables]
         self._python_traces = {"fit": 0, "evaluate": 0}
         self._fit_fn = self._make_fit_fn()
         self._evaluate_fn = self._make_evaluate_fn()
 
     # ------------------------------------------------------------------ weights
+    def initial_weights(self) -> NDArrays:
+        """Copies of the weights the model was built with (its seeded initialisation).
+
+        Unlike :meth:`get_weights`, the answer does not depend on what this (shared,
+        cached) trainer trained before: use it as a run's starting global model.
+        """
+        return [w.copy() for w in self._initial_weights]
+
     def get_weights(self) -> NDArrays:
-        """The model weights as float32 numpy copies, in ``model.get_weights()`` order."""
+        """The model's current weights (the last ones loaded or trained) as numpy
+        copies, in ``model.get_weights()`` order."""
         with self._lock:
             return [np.array(v.numpy(), copy=True) for v in self._variables]
 

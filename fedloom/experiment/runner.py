@@ -72,7 +72,7 @@ def prepare_experiment(cfg: Mapping[str, Any], output_dir: str | Path) -> Experi
     from fedloom.records import ndarrays_to_arrayrecord
 
     trainer = get_trainer(setup.model_spec(cfg, dataset))
-    initial = trainer.get_weights()
+    initial = trainer.initial_weights()
     initial_arrays = ndarrays_to_arrayrecord(initial, [str(i) for i in range(len(initial))])
     history = RunHistory(output_dir, int(cfg["num_rounds"]))
     evaluate_fn = _central_evaluation(trainer, dataset, strategy, history)
