@@ -36,6 +36,7 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from fedloom.clients.local_update import (
     SplitData,
@@ -76,7 +77,9 @@ def _client_seed(context: Context, seed: int) -> int:
     return derive_seed(seed, client)
 
 
-def make_client_app(load_client: LoadClient, *, seed: int = 0) -> ClientApp:
+def make_client_app(
+    load_client: LoadClient, *, seed: int = 0, mods: list[Mod] | None = None
+) -> ClientApp:
     """A Message-API ``ClientApp`` that trains and evaluates with a ``KerasTrainer``.
 
     Args:
@@ -89,8 +92,10 @@ def make_client_app(load_client: LoadClient, *, seed: int = 0) -> ClientApp:
             ``derive_seed(derive_seed(seed, partition_id), r)`` (``node_id`` if the
             node config has no ``partition-id``), so rounds and clients differ and
             runs repeat.
+        mods: Flower mods wrapped around both handlers (e.g.
+            ``fedloom.compression.compression_mod("int8")``, Flower's clipping mods).
     """
-    app = ClientApp()
+    app = ClientApp(mods=mods)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -17,7 +17,7 @@ __all__ = ["validate", "TOP_LEVEL_KEYS", "ENGINES"]
 ENGINES = ("local", "flower")
 
 TOP_LEVEL_KEYS = {
-    "dataset", "partition", "model", "strategy", "engine",
+    "dataset", "partition", "model", "strategy", "engine", "compression",
     "num_clients", "clients_per_round", "num_rounds", "local_epochs", "batch_size",
     "learning_rate", "val_fraction", "seed", "min_valid_updates", "round_timeout", "plot",
 }
@@ -74,6 +74,10 @@ def validate(cfg: Mapping[str, Any]) -> None:
     engine = (cfg.get("engine") or {}).get("name")
     if engine not in ENGINES:
         raise ConfigError(f"engine={engine!r} is not allowed: use engine=local or engine=flower.")
+    compression = dict(cfg.get("compression") or {"method": "none"})
+    from fedloom.compression import make_codec  # checks method and options
+
+    make_codec(compression.pop("method", "none"), **compression)
     strategy = cfg.get("strategy") or {}
     if "_target_" not in strategy:
         raise ConfigError(

@@ -83,16 +83,21 @@ def build_client_app(cfg: Mapping[str, Any]):
     trains on client dataset ``i`` with the shared cached Keras trainer."""
     from fedloom.clients import get_trainer, make_client_app
 
+    from fedloom.compression import compression_mod
+
     key = data_key(cfg)
     model = dict(cfg["model"])
     seed = int(cfg["seed"])
+    compression = dict(cfg.get("compression") or {"method": "none"})
+    method = compression.pop("method", "none")
+    mods = [] if method == "none" else [compression_mod(method, **compression)]
 
     def load_client(context):
         dataset, clients = federated_data(key)
         spec = model_spec({"model": model, "seed": seed}, dataset)
         return get_trainer(spec), clients[int(context.node_config["partition-id"])]
 
-    return make_client_app(load_client, seed=seed)
+    return make_client_app(load_client, seed=seed, mods=mods)
 
 
 def build_strategy(cfg: Mapping[str, Any]):

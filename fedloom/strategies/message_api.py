@@ -27,6 +27,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from fedloom.aggregation import ClientUpdate, Pipeline, Rejection, Schedule
+from fedloom.compression import COMPRESSION_RECORD, decode_compressed
 from fedloom.strategies.named import (
     FederatedAveragingMixin,
     HybridMixin,
@@ -193,6 +194,19 @@ class FedloomStrategy(FedAvg):
                 continue
             record, metrics = array_records[0], dict(metric_records[0])
             num_bytes += arrayrecord_num_bytes(record)
+            compression = msg.content.get(COMPRESSION_RECORD)
+            if isinstance(compression, ConfigRecord):  # sent through compression_mod
+                try:
+                    keys, weights = decode_compressed(record, compression, self._global_weights)
+                except (ValueError, KeyError) as err:
+                    rejected.append(Rejection(client_id, "malformed", f"bad compressed update: {err}"))
+                    continue
+                if keys != self._global_keys:
+                    rejected.append(Rejection(client_id, "malformed", "compressed update has other array keys"))
+                    continue
+                num_examples = metrics.get(self.weighted_by_key, float("nan"))
+                updates.append(ClientUpdate(client_id, weights, num_examples, metrics))
+                continue
             if list(record.keys()) != self._global_keys:
                 reason = ("wrong_num_arrays" if len(record) != len(self._global_keys)
                           else "malformed")
