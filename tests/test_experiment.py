@@ -123,3 +123,9 @@ def test_simulate_multirun_gives_one_directory_per_strategy(tmp_path):
     targets = {json.loads((r / "config.json").read_text())["strategy"]["_target_"] for r in runs}
     assert targets == {"fedloom.strategies.SimpleAverage", "fedloom.strategies.WeightedAverage",
                        "fedloom.strategies.FederatedAveraging"}
+    report = subprocess.run([sys.executable, "-m", "fedloom.report", str(tmp_path), "--target", "0.3"],
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr[-2000:]
+    table = (tmp_path / "report.md").read_text().splitlines()
+    assert len(table) == 2 + 3 and any(line.startswith("| strategy=fedavg") for line in table)
+    assert (tmp_path / "report.png").exists()
