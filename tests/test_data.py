@@ -507,3 +507,25 @@ def test_partition_stats_and_log(mnist5k, caplog):
 
 def test_schemes_constant():
     assert PARTITION_SCHEMES == ("iid", "dirichlet", "pathological", "shards", "natural")
+
+
+def test_partition_cache_returns_the_same_clients_without_repartitioning(tmp_path):
+    import subprocess
+    import sys
+
+    dataset = load_digits()
+    fresh = client_datasets(dataset, "dirichlet", 20, seed=3, alpha=0.5)
+    cached = client_datasets(dataset, "dirichlet", 20, seed=3, alpha=0.5, cache_dir=tmp_path)
+    again = client_datasets(dataset, "dirichlet", 20, seed=3, alpha=0.5, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    for a, b, c in zip(fresh, cached, again):
+        np.testing.assert_array_equal(a.y_train, b.y_train)
+        np.testing.assert_array_equal(b.x_val, c.x_val)
+    client_datasets(dataset, "dirichlet", 20, seed=4, alpha=0.5, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.npz"))) == 2  # another seed is another entry
+    code = (
+        "import sys; from fedloom.data import load_digits, client_datasets; "
+        f"c = client_datasets(load_digits(), 'dirichlet', 20, seed=3, alpha=0.5, cache_dir={str(tmp_path)!r}); "
+        "assert 'flwr_datasets' not in sys.modules and len(c) == 20"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

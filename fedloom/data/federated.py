@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import json
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -75,6 +80,8 @@ def client_datasets(
     num_clients: int,
     seed: int,
     val_fraction: float = 0.1,
+    *,
+    cache_dir: str | Path | None = None,
     **options,
 ) -> list[ClientData]:
     """Partition ``dataset``'s training set across clients and split each into train/val.
@@ -87,6 +94,10 @@ def client_datasets(
       num_clients: number of clients.
       seed: seeds the partition and every client's train/val split.
       val_fraction: fraction of each client's examples kept for local validation, in [0, 1).
+      cache_dir: if given, the clients' index arrays are kept there (one ``.npz`` per
+        distinct request, keyed by a hash of the labels, natural ids, settings and the
+        flwr-datasets version); a later identical request reads them instead of
+        partitioning again, and so never imports ``flwr_datasets`` (about 1.6 s here).
       **options: the scheme's options, e.g. ``alpha=0.5`` for ``dirichlet``.
 
     Returns:
@@ -107,17 +118,25 @@ def client_datasets(
     key = _check_scheme(scheme)
     _check_options(key, options)
     _check_num_partitions(num_clients, len(dataset.y_train))
-    parts = partition(
-        dataset.y_train,
-        key,
-        num_clients,
-        seed,
-        client_ids=dataset.train_client_ids,
-        **options,
-    )
+    cache_file = None
+    if cache_dir is not None:
+        settings = [key, num_clients, seed, val_fraction, sorted(options.items())]
+        cache_file = Path(cache_dir) / f"{_cache_key(dataset, settings)}.npz"
+    splits = _read_splits(cache_file, num_clients)
+    if splits is None:
+        parts = partition(
+            dataset.y_train,
+            key,
+            num_clients,
+            seed,
+            client_ids=dataset.train_client_ids,
+            **options,
+        )
+        splits = [train_val_split(indices, val_fraction, _client_seed(seed, i))
+                  for i, indices in enumerate(parts)]
+        _write_splits(cache_file, splits)
     clients = []
-    for i, indices in enumerate(parts):
-        train, val = train_val_split(indices, val_fraction, _client_seed(seed, i))
+    for train, val in splits:
         clients.append(
             ClientData(
                 x_train=dataset.x_train[train],
@@ -127,6 +146,43 @@ def client_datasets(
             )
         )
     return clients
+
+
+def _cache_key(dataset: Dataset, settings: list) -> str:
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(dataset.y_train).tobytes())
+    if dataset.train_client_ids is not None:
+        digest.update(np.ascontiguousarray(dataset.train_client_ids).tobytes())
+    try:
+        flwr_datasets_version = importlib.metadata.version("flwr-datasets")
+    except importlib.metadata.PackageNotFoundError:
+        flwr_datasets_version = "?"
+    digest.update(json.dumps([_CACHE_FORMAT, flwr_datasets_version, settings], default=str).encode())
+    return digest.hexdigest()[:32]
+
+
+def _read_splits(path: Path | None, num_clients: int) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path) as saved:
+            return [(saved[f"train{i}"], saved[f"val{i}"]) for i in range(num_clients)]
+    except (OSError, KeyError, ValueError):  # a damaged or foreign file: partition again
+        return None
+
+
+def _write_splits(path: Path | None, splits: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"{kind}{i}": part for i, (train, val) in enumerate(splits)
+              for kind, part in (("train", train), ("val", val))}
+    temporary = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(temporary, **arrays)
+    os.replace(temporary, path)  # atomic: concurrent runs never read half a file
+
+
+_CACHE_FORMAT = 1
 
 
 def _client_seed(seed: int, client: int) -> int:
