@@ -4,9 +4,11 @@
     python simulate.py strategy=fedavg num_rounds=50     # any key of conf/ can be overridden
     python simulate.py -m strategy=simple,weighted,fedavg   # one run directory each
     python simulate.py engine=flower                     # Flower's Ray engine instead of fedloom's
+    python simulate.py resume=outputs/2026-11-25/12-00-00   # continue a killed run
 
-Writes history.json, config.json, partition.json and plot.png into Hydra's run
-directory (outputs/<date>/<time>/, or multirun/... with -m).
+Writes history.json, config.json, partition.json, plot.png, checkpoint.npz and
+final_weights.npz into Hydra's run directory (outputs/<date>/<time>/, or multirun/...
+with -m); a resumed run writes into the directory it continues.
 """
 
 from __future__ import annotations
@@ -23,11 +25,20 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from fedloom.errors import ConfigError, DataError  # noqa: E402
 from fedloom.experiment import run_experiment  # noqa: E402
+from fedloom.experiment.settings import check_group_choices  # noqa: E402
+
+CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     output_dir = HydraConfig.get().runtime.output_dir
+    if cfg.get("resume"):
+        ignored = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+        if ignored:
+            print(f"warning: resume continues with the run's own config; ignoring {' '.join(ignored)}",
+                  file=sys.stderr)
+        output_dir = cfg.resume
     try:
         records = run_experiment(OmegaConf.to_container(cfg, resolve=True), output_dir)
     except (ConfigError, DataError) as err:
@@ -41,4 +52,9 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    try:  # a wrong group choice (strategy=nope) fails in one line, like other bad settings
+        check_group_choices(sys.argv[1:], CONF)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -28,6 +28,8 @@ __all__ = [
 #: Every reason tag a rejected update can carry, with what it means.
 REASONS = {
     "client_error": "the client replied with an error (crash, timeout, lost connection)",
+    "disconnected": "the node was unavailable or lost its connection (an error reply from the engine)",
+    "no_reply": "no reply arrived within the round timeout (slow or vanished client)",
     "malformed": "the reply does not carry exactly one model and one metrics record",
     "wrong_num_arrays": "the update has a different number of arrays than the model",
     "shape_mismatch": "an array's shape differs from the model's",
@@ -36,6 +38,7 @@ REASONS = {
     "bad_num_examples": "num_examples is missing, negative, NaN or Inf",
     "missing_metric": "the metric the weighting needs was not reported",
     "norm_outlier": "the update's distance from the model is far above the round's median",
+    "absurd_norm": "the update moved absurdly far (by default over 1000x the round's median norm)",
     "krum": "not among the updates Krum selected",
 }
 

@@ -116,6 +116,7 @@ class Pipeline:
         server_round: int = 0,
         min_updates: int = 1,
         rejected: Sequence[Rejection] = (),
+        guards: Sequence[Stage] = (),
     ) -> AggregationResult:
         """Aggregate one round.
 
@@ -131,7 +132,11 @@ class Pipeline:
             min_updates: least number of valid updates needed to produce a model.
             rejected: rejections made before the pipeline (e.g. client errors), to be
                 carried into the result.
+            guards: extra ``"filter"`` stages run after the structural checks and before
+                this pipeline's own stages (e.g. the strategies' absurd-norm guard).
         """
+        if any(getattr(g, "kind", None) != "filter" for g in guards):
+            raise ConfigError(f"guards must be filter stages; got {list(guards)}.")
         started = time.perf_counter()
         state = RoundState(server_round, global_weights, [], rejected=list(rejected))
         for update in updates:
@@ -142,7 +147,7 @@ class Pipeline:
                 state.rejected.append(Rejection(update.client_id, *reason))
         skipped = ""
         try:
-            for stage in self.stages:
+            for stage in (*guards, *self.stages):
                 if stage.kind == "reducer":
                     _require_enough(state, min_updates)
                 stage(state)

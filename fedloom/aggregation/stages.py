@@ -70,18 +70,31 @@ class RejectNormOutliers(Stage):
 
     An update is rejected if ``||update - global|| > max_ratio * median`` of the round's
     norms, or above ``max_norm`` when given. Catches scaled (x10) and noise updates;
-    it runs before weighting so a rejected update cannot dominate a mean.
+    it runs before weighting so a rejected update cannot dominate a mean. The ratio test
+    needs at least 3 updates (a median of 1 or 2 norms says nothing about outliers).
+
+    ``max_model_ratio`` adds a test that needs no other update: reject
+    ``||update - global|| > max_model_ratio * max(||global||, 1)``, i.e. an update that
+    moves the model by that many times its own size (the floor of 1 covers models that
+    start at zero). ``reason`` is the tag rejected updates get (``"absurd_norm"`` for the
+    strategies' always-on sanity guard, see ``FedloomStrategy(absurd_norm_ratio=...)``).
     """
 
     kind = "filter"
 
-    def __init__(self, max_ratio: float = 10.0, max_norm: float | None = None) -> None:
+    def __init__(self, max_ratio: float = 10.0, max_norm: float | None = None, *,
+                 max_model_ratio: float | None = None, reason: str = "norm_outlier") -> None:
         if not max_ratio > 1.0:
             raise ConfigError(f"RejectNormOutliers needs max_ratio > 1; got max_ratio={max_ratio}.")
         if max_norm is not None and not max_norm > 0:
             raise ConfigError(f"RejectNormOutliers needs max_norm > 0; got max_norm={max_norm}.")
+        if max_model_ratio is not None and not max_model_ratio > 0:
+            raise ConfigError(
+                f"RejectNormOutliers needs max_model_ratio > 0; got max_model_ratio={max_model_ratio}.")
         self.max_ratio = max_ratio
         self.max_norm = max_norm
+        self.max_model_ratio = max_model_ratio
+        self.reason = reason
 
     def __call__(self, state: RoundState) -> None:
         if not state.updates:
@@ -90,8 +103,12 @@ class RejectNormOutliers(Stage):
         limit = self.max_ratio * float(np.median(norms)) if len(norms) > 2 else np.inf
         if self.max_norm is not None:
             limit = min(limit, self.max_norm)
+        if self.max_model_ratio is not None:
+            size = float(np.sqrt(sum(np.dot(np.ravel(g).astype(np.float64), np.ravel(g).astype(np.float64))
+                                     for g in state.global_weights)))
+            limit = min(limit, self.max_model_ratio * max(size, 1.0))
         details = [f"update norm {n:.4g} > limit {limit:.4g}" for n in norms]
-        state.keep(norms <= limit, "norm_outlier", details)
+        state.keep(norms <= limit, self.reason, details)
 
 
 class ClipNorm(Stage):

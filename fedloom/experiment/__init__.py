@@ -7,6 +7,11 @@
 - ``runner``: runs it on the chosen engine.
 """
 
-from fedloom.experiment.runner import Experiment, prepare_experiment, run_experiment
+from fedloom.experiment.runner import (
+    Experiment,
+    prepare_experiment,
+    resume_experiment,
+    run_experiment,
+)
 
-__all__ = ["Experiment", "prepare_experiment", "run_experiment"]
+__all__ = ["Experiment", "prepare_experiment", "resume_experiment", "run_experiment"]

@@ -7,12 +7,20 @@ the ones added with ``+key=...`` and bad values.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from fedloom.errors import ConfigError
 
-__all__ = ["validate", "TOP_LEVEL_KEYS", "ENGINES"]
+__all__ = [
+    "validate",
+    "resolved",
+    "clients_per_round",
+    "check_group_choices",
+    "TOP_LEVEL_KEYS",
+    "ENGINES",
+]
 
 ENGINES = ("local", "flower")
 
@@ -20,7 +28,27 @@ TOP_LEVEL_KEYS = {
     "dataset", "partition", "model", "strategy", "engine", "compression",
     "num_clients", "clients_per_round", "num_rounds", "local_epochs", "batch_size",
     "learning_rate", "val_fraction", "seed", "min_valid_updates", "round_timeout", "plot",
+    # reliability and security (fedloom.faults, fedloom.attacks, fedloom.privacy, checkpoints)
+    "faults", "attack", "dp", "fraction_train", "absurd_norm_ratio", "checkpoint_every", "resume",
 }
+
+
+def clients_per_round(cfg: Mapping[str, Any]) -> int:
+    """Clients sampled per round: ``clients_per_round``, or, when ``fraction_train``
+    (FedAvg's C) is set, ``max(1, floor(C * num_clients))`` as Flower's ``FedAvg`` does."""
+    fraction = cfg.get("fraction_train")
+    if fraction is None:
+        return int(cfg["clients_per_round"])
+    return max(1, int(float(fraction) * int(cfg["num_clients"]) + 1e-9))
+
+
+def resolved(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg`` with ``clients_per_round`` derived from ``fraction_train`` when that is
+    set (what the run and its ``config.json`` use)."""
+    out = dict(cfg)
+    if cfg.get("fraction_train") is not None:
+        out["clients_per_round"] = clients_per_round(cfg)
+    return out
 
 
 def _int(cfg: Mapping[str, Any], key: str, minimum: int) -> int:
@@ -53,6 +81,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
             f"{unknown[0]} is not a fedloom setting; known settings: {', '.join(sorted(TOP_LEVEL_KEYS))}."
         )
     num_clients = _int(cfg, "num_clients", 1)
+    if cfg.get("fraction_train") is not None:
+        _number(cfg, "fraction_train", 0.0, 1.0, low_open=True, high_open=False)
+        cfg = resolved(cfg)
     per_round = _int(cfg, "clients_per_round", 1)
     if per_round > num_clients:
         raise ConfigError(
@@ -78,6 +109,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     from fedloom.compression import make_codec  # checks method and options
 
     make_codec(compression.pop("method", "none"), **compression)
+    _reliability(cfg, num_clients, per_round)
     strategy = cfg.get("strategy") or {}
     if "_target_" not in strategy:
         raise ConfigError(
@@ -87,6 +119,12 @@ def validate(cfg: Mapping[str, Any]) -> None:
     if strategy.get("robust") == "trimmed_mean" and isinstance(beta, (int, float)):
         if not 0 <= beta < 0.5:
             raise ConfigError(f"strategy.beta={beta} is not allowed: it must be in [0, 0.5).")
+        if int(beta * per_round) == 0 and beta > 0 and per_round < 3:
+            raise ConfigError(
+                f"strategy.beta={beta} trims nothing with clients_per_round={per_round}: a trimmed "
+                "mean drops floor(beta * K) < K / 2 updates at each end, so it needs "
+                "clients_per_round >= 3. Sample more clients or use strategy=robust_median."
+            )
         if int(beta * per_round) == 0 and beta > 0:
             raise ConfigError(
                 f"strategy.beta={beta} trims nothing with clients_per_round={per_round} "
@@ -99,3 +137,55 @@ def validate(cfg: Mapping[str, Any]) -> None:
             f"strategy.num_byzantine={byzantine} needs clients_per_round >= {byzantine + 3} "
             f"for Krum; clients_per_round={per_round}."
         )
+
+
+def _reliability(cfg: Mapping[str, Any], num_clients: int, per_round: int) -> None:
+    """Checkpoints, the absurd-norm guard, fault injection, attacks and DP settings."""
+    if "checkpoint_every" in cfg:
+        _int(cfg, "checkpoint_every", 0)
+    resume = cfg.get("resume")
+    if resume is not None and (not isinstance(resume, str) or not resume):
+        raise ConfigError(f"resume={resume!r} is not allowed: give a run directory, e.g. resume=outputs/2026-01-01/12-00-00.")
+    ratio = cfg.get("absurd_norm_ratio")
+    if ratio is not None:
+        _number(cfg, "absurd_norm_ratio", 1.0, float("inf"), low_open=True, high_open=True)
+    seed = int(cfg["seed"])
+    from fedloom.attacks import AttackPlan
+    from fedloom.faults import FaultPlan
+    from fedloom.privacy import PrivacySettings
+
+    FaultPlan.from_config(cfg.get("faults") or {}, num_clients, seed)
+    AttackPlan.from_config(cfg.get("attack") or {"name": "none"}, num_clients, seed)
+    dp = PrivacySettings.from_config(cfg.get("dp"), per_round, num_clients)
+    compression = (cfg.get("compression") or {}).get("method", "none")
+    if dp.enabled and compression != "none":
+        raise ConfigError(
+            f"dp={dp.mode} is not allowed with compression={compression}: Flower's DP "
+            "wrappers clip the arrays of each reply, which compression has re-encoded. "
+            "Use compression=none with DP."
+        )
+
+
+def check_group_choices(overrides: Sequence[str], conf_dir: str | Path) -> None:
+    """Refuse ``group=option`` command-line overrides that name no
+    ``conf/<group>/<option>.yaml`` (e.g. ``strategy=fedprox``), in one line.
+
+    Hydra refuses them too, but with a multi-line message and exit code 1; this runs
+    before Hydra so that a wrong choice fails like every other bad setting.
+    """
+    conf_dir = Path(conf_dir)
+    groups = {p.name for p in conf_dir.iterdir() if p.is_dir()}
+    for argument in overrides:
+        if argument.startswith("-") or "=" not in argument:
+            continue
+        key, value = argument.split("=", 1)
+        key = key.lstrip("+~")
+        if key not in groups or "(" in value:  # leave Hydra's sweep functions to Hydra
+            continue
+        for option in value.split(","):
+            if option and not (conf_dir / key / f"{option}.yaml").is_file():
+                choices = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
+                raise ConfigError(
+                    f"{key}={option!r} is not allowed: choose one of {', '.join(choices)} "
+                    f"(conf/{key}/*.yaml)."
+                )

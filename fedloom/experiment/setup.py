@@ -25,6 +25,7 @@ __all__ = [
     "model_spec",
     "build_client_app",
     "build_strategy",
+    "reliability_mods",
     "train_config",
 ]
 
@@ -78,9 +79,12 @@ def model_spec(cfg: Mapping[str, Any], dataset: Dataset):
     return ModelSpec(name, dataset.feature_shape, dataset.num_classes, seed=cfg["seed"], options=options)
 
 
-def build_client_app(cfg: Mapping[str, Any]):
+def build_client_app(cfg: Mapping[str, Any], load_client=None):
     """The Message-API ``ClientApp`` for this experiment: node ``partition-id`` ``i``
-    trains on client dataset ``i`` with the shared cached Keras trainer."""
+    trains on client dataset ``i`` with the shared cached Keras trainer.
+
+    ``load_client`` (``context -> (trainer, data)``) replaces only where the data comes
+    from (a deployed SuperNode reads its own); seeds and mods stay the experiment's."""
     from fedloom.clients import get_trainer, make_client_app
 
     from fedloom.compression import compression_mod
@@ -91,13 +95,34 @@ def build_client_app(cfg: Mapping[str, Any]):
     compression = dict(cfg.get("compression") or {"method": "none"})
     method = compression.pop("method", "none")
     mods = [] if method == "none" else [compression_mod(method, **compression)]
+    mods += reliability_mods(cfg)  # inside compression: they see plain weights
 
-    def load_client(context):
+    def simulated_client(context):
         dataset, clients = federated_data(key)
         spec = model_spec({"model": model, "seed": seed}, dataset)
         return get_trainer(spec), clients[int(context.node_config["partition-id"])]
 
-    return make_client_app(load_client, seed=seed, mods=mods)
+    return make_client_app(load_client or simulated_client, seed=seed, mods=mods)
+
+
+def reliability_mods(cfg: Mapping[str, Any]) -> list:
+    """Client mods for fault injection, Byzantine attacks and client-side DP clipping
+    (outermost first: a faulty client fails whatever it computed; an attacker poisons
+    its update after honest clipping, as a real one would skip it)."""
+    from fedloom.attacks import AttackPlan
+    from fedloom.faults import FaultPlan
+    from fedloom.privacy import PrivacySettings, client_mods
+
+    num_clients, seed = int(cfg["num_clients"]), int(cfg["seed"])
+    mods = []
+    faults = FaultPlan.from_config(cfg.get("faults") or {}, num_clients, seed)
+    if faults.active:
+        mods.append(faults.mod)
+    attack = AttackPlan.from_config(cfg.get("attack") or {"name": "none"}, num_clients, seed)
+    if attack.active:
+        mods.append(attack.mod)
+    dp = PrivacySettings.from_config(cfg.get("dp"), int(cfg["clients_per_round"]), num_clients)
+    return mods + client_mods(dp)
 
 
 def build_strategy(cfg: Mapping[str, Any]):
@@ -120,12 +145,24 @@ def build_strategy(cfg: Mapping[str, Any]):
             min_evaluate_nodes=0,
             min_valid_updates=int(cfg["min_valid_updates"]),
             seed=int(cfg["seed"]),
+            absurd_norm_ratio=_absurd_norm_ratio(cfg),
         )
     except Exception as err:  # Hydra wraps the constructor's TypeError/ConfigError
         cause = err.__cause__ or err
         raise ConfigError(
             f"strategy={options['_target_']} cannot be built: {cause}".replace("\n", " ")
         ) from err
+
+
+def _absurd_norm_ratio(cfg: Mapping[str, Any]) -> float | None:
+    """The guard's ratio; off under DP, where clipping bounds every update and a
+    data-dependent rejection would fall outside what the accountant covers."""
+    from fedloom.strategies.reporting import DEFAULT_ABSURD_NORM_RATIO
+
+    if (cfg.get("dp") or {}).get("mode", "none") != "none":
+        return None
+    ratio = cfg.get("absurd_norm_ratio", DEFAULT_ABSURD_NORM_RATIO)
+    return None if ratio is None else float(ratio)
 
 
 def train_config(cfg: Mapping[str, Any]):

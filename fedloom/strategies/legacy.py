@@ -32,7 +32,13 @@ from fedloom.strategies.named import (
     WeightedAverageMixin,
 )
 from fedloom.records import ndarrays_to_parameters, parameters_views
-from fedloom.strategies.reporting import RoundReport, aggregate_round, average_client_metrics
+from fedloom.strategies.reporting import (
+    DEFAULT_ABSURD_NORM_RATIO,
+    RoundReport,
+    absurd_norm_guards,
+    aggregate_round,
+    average_client_metrics,
+)
 
 __all__ = [
     "FedloomLegacyStrategy",
@@ -49,6 +55,10 @@ class FedloomLegacyStrategy(FedAvg):
     Args:
         method: the aggregation :class:`Pipeline`, or a :class:`Schedule` of them.
         min_valid_updates: a round with fewer valid updates keeps the global model.
+        absurd_norm_ratio: leave out (reason ``absurd_norm``) any update farther from
+            the global model than this many times the round's median distance (with
+            >= 3 updates) or than this many times the global model's own norm
+            (``None`` turns the guard off).
         **fedavg_options: any keyword argument of ``flwr.server.strategy.FedAvg``
             (``fraction_fit``, ``min_fit_clients``, ``evaluate_fn``, ...). Without an
             ``evaluate_metrics_aggregation_fn``, evaluation metrics are averaged weighted
@@ -57,6 +67,7 @@ class FedloomLegacyStrategy(FedAvg):
     """
 
     def __init__(self, method: Pipeline | Schedule, *, min_valid_updates: int = 1,
+                 absurd_norm_ratio: float | None = DEFAULT_ABSURD_NORM_RATIO,
                  **fedavg_options: Any) -> None:
         fedavg_options.setdefault("evaluate_metrics_aggregation_fn", average_client_metrics)
         super().__init__(**fedavg_options)
@@ -65,6 +76,8 @@ class FedloomLegacyStrategy(FedAvg):
         self._global_weights: list[np.ndarray] | None = None
         self._bytes_sent = 0
         self.reports: list[RoundReport] = []
+        self.absurd_norm_ratio = absurd_norm_ratio
+        self._guards = absurd_norm_guards(absurd_norm_ratio)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.schedule!r})"
@@ -97,6 +110,7 @@ class FedloomLegacyStrategy(FedAvg):
         updates: list[ClientUpdate] = []
         rejected = [_failure_rejection(failure) for failure in failures]
         num_bytes = 0
+        secure = _is_secure_aggregate(results)
         for proxy, fit_res in results:
             num_bytes += sum(len(t) for t in fit_res.parameters.tensors)
             if fit_res.status.code != Code.OK:
@@ -107,15 +121,34 @@ class FedloomLegacyStrategy(FedAvg):
             except ValueError as err:
                 rejected.append(Rejection(proxy.cid, "malformed", f"undecodable array: {err}"))
                 continue
+            if secure:
+                weights = _cast_floats_like(weights, self._global_weights)
             updates.append(ClientUpdate(proxy.cid, weights, fit_res.num_examples, fit_res.metrics))
         result, report = aggregate_round(
             self.schedule, self._global_weights, updates, rejected,
             server_round=server_round, bytes_received=num_bytes, bytes_sent=self._bytes_sent,
-            min_updates=self.min_valid_updates,
+            min_updates=self.min_valid_updates, guards=self._guards,
         )
         self.reports.append(report)
         parameters = None if result.weights is None else ndarrays_to_parameters(result.weights)
         return parameters, report.as_metrics()
+
+
+def _is_secure_aggregate(results: list[tuple[ClientProxy, FitRes]]) -> bool:
+    """Whether ``results`` come from Flower's SecAgg/SecAgg+ workflow (Bell et al. 2020,
+    https://eprint.iacr.org/2020/704): it hands the strategy only the unmasked *sum*,
+    as the same ``Parameters`` object in every result, dequantised to float64. The
+    strategy then sees K copies of the secure aggregate, not the clients' updates, so
+    per-client checks and robust rules cannot act (see docs/faults.md)."""
+    return len(results) > 1 and all(r.parameters is results[0][1].parameters for _, r in results)
+
+
+def _cast_floats_like(weights: list[np.ndarray], reference: list[np.ndarray]) -> list[np.ndarray]:
+    """The secure aggregate in the model's float dtypes (SecAgg dequantises to float64)."""
+    if len(weights) != len(reference):
+        return weights  # left to the structural check, which says what is wrong
+    return [w.astype(g.dtype) if w.dtype != g.dtype and np.issubdtype(w.dtype, np.floating)
+            and np.issubdtype(g.dtype, np.floating) else w for w, g in zip(weights, reference)]
 
 
 def _failure_rejection(failure: tuple[ClientProxy, FitRes] | BaseException) -> Rejection:

@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from logging import INFO
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from fedloom.aggregation import ClientUpdate, Pipeline, Rejection, Schedule
+from fedloom.aggregation import ClientUpdate, Pipeline, Rejection, Schedule, check_finite, check_update
+from fedloom.errors import UpdateRejected
 from fedloom.compression import COMPRESSION_RECORD, decode_compressed
 from fedloom.strategies.named import (
     FederatedAveragingMixin,
@@ -39,7 +42,13 @@ from fedloom.records import (
     arrayrecord_views,
     ndarrays_to_arrayrecord,
 )
-from fedloom.strategies.reporting import RoundReport, aggregate_round, average_client_metrics
+from fedloom.strategies.reporting import (
+    DEFAULT_ABSURD_NORM_RATIO,
+    RoundReport,
+    absurd_norm_guards,
+    aggregate_round,
+    average_client_metrics,
+)
 
 __all__ = [
     "FedloomStrategy",
@@ -60,6 +69,18 @@ class FedloomStrategy(FedAvg):
         min_valid_updates: a round with fewer valid updates keeps the global model.
         seed: seeds node sampling (``None``: a random seed), so runs can be repeated.
         weighted_by_key: the reply metric holding the client's example count.
+        absurd_norm_ratio: leave out (reason ``absurd_norm``) any update farther from
+            the global model than this many times the round's median distance (with
+            >= 3 updates) or than this many times the global model's own norm
+            (``None`` turns the guard off).
+
+    Faults: an error reply is left out as ``client_error`` (``disconnected`` for the
+    engine's node/message-unavailable codes); a sampled node with no reply by the round
+    timeout as ``no_reply``; bad updates with the pipeline's reasons (``checks.REASONS``).
+
+    Resuming: :meth:`state_dict` holds what a checkpoint needs (the sampling RNG and the
+    schedule's stage states such as server momentum); :func:`fedloom.rounds.run_rounds`
+    runs rounds ``first_round..num_rounds`` the way ``start`` runs ``1..num_rounds``.
     """
 
     def __init__(
@@ -76,6 +97,7 @@ class FedloomStrategy(FedAvg):
         weighted_by_key: str = "num-examples",
         arrayrecord_key: str = "arrays",
         configrecord_key: str = "config",
+        absurd_norm_ratio: float | None = DEFAULT_ABSURD_NORM_RATIO,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -95,6 +117,24 @@ class FedloomStrategy(FedAvg):
         self._global_weights: list[np.ndarray] | None = None
         self._bytes_sent = 0
         self.reports: list[RoundReport] = []
+        self.absurd_norm_ratio = absurd_norm_ratio
+        self._guards = absurd_norm_guards(absurd_norm_ratio)
+        self._sampled_nodes: list[int] = []
+        self._screened: list[Rejection] = []
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must hold to continue this strategy bit for bit: the state of
+        the node-sampling RNG and the schedule's stage states (e.g. server momentum).
+        Arrays stay numpy arrays; everything else is JSON-compatible."""
+        version, internal, gauss = self._rng.getstate()
+        return {"rng": [version, list(internal), gauss], "schedule": self.schedule.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        version, internal, gauss = state["rng"]
+        self._rng.setstate((int(version), tuple(int(v) for v in internal), gauss))
+        self.schedule.load_state_dict(state.get("schedule", {}))
 
     def summary(self) -> None:
         super().summary()
@@ -123,12 +163,15 @@ class FedloomStrategy(FedAvg):
         """
         self._global_keys = list(arrays.keys())
         self._global_weights = arrayrecord_views(arrays)
+        self._sampled_nodes = []
+        self._screened = []
         if self.fraction_train == 0.0:
             return []
         round_config = ConfigRecord(dict(config))
         round_config.update(self.schedule.at(server_round).client_config)
         round_config["server-round"] = server_round
         node_ids = self._sample(grid, self.fraction_train, self.min_train_nodes)
+        self._sampled_nodes = list(node_ids)
         log(INFO, "configure_train: sampled %d nodes", len(node_ids))
         self._bytes_sent = len(node_ids) * arrayrecord_num_bytes(arrays)
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: round_config})
@@ -160,11 +203,14 @@ class FedloomStrategy(FedAvg):
                 f"{type(self).__name__}.aggregate_train was called before configure_train: "
                 "the strategy needs the global model the clients trained from."
             )
-        updates, rejected, num_bytes = self._decode_replies(list(replies))
+        replies = list(replies)
+        updates, rejected, num_bytes = self._decode_replies(replies)
+        rejected = self._screened + rejected + self._missing_replies(replies)
+        self._screened = []
         result, report = aggregate_round(
             self.schedule, self._global_weights, updates, rejected,
             server_round=server_round, bytes_received=num_bytes, bytes_sent=self._bytes_sent,
-            min_updates=self.min_valid_updates,
+            min_updates=self.min_valid_updates, guards=self._guards,
         )
         self.reports.append(report)
         arrays = None
@@ -181,8 +227,10 @@ class FedloomStrategy(FedAvg):
         for msg in replies:
             client_id = str(msg.metadata.src_node_id)
             if msg.has_error():
+                reason = ("disconnected" if msg.error.code in _UNAVAILABLE_CODES
+                          else "client_error")
                 rejected.append(Rejection(
-                    client_id, "client_error", f"code {msg.error.code}: {msg.error.reason}"))
+                    client_id, reason, f"code {msg.error.code}: {msg.error.reason}"))
                 continue
             array_records = [r for r in msg.content.values() if isinstance(r, ArrayRecord)]
             metric_records = [r for r in msg.content.values() if isinstance(r, MetricRecord)]
@@ -224,6 +272,41 @@ class FedloomStrategy(FedAvg):
             updates.append(ClientUpdate(client_id, weights, num_examples, metrics))
         return updates, rejected, num_bytes
 
+    def _missing_replies(self, replies: list[Message]) -> list[Rejection]:
+        """A ``no_reply`` rejection for each node sampled this round that sent nothing
+        (its reply was late, or it vanished): Flower's grid just leaves it out."""
+        answered = {str(msg.metadata.src_node_id) for msg in replies}
+        answered.update(r.client_id for r in self._screened)
+        return [
+            Rejection(str(node), "no_reply", "no reply within the round timeout")
+            for node in self._sampled_nodes if str(node) not in answered
+        ]
+
+    def screen_replies(self, replies: Iterable[Message]) -> list[Message]:
+        """The replies this strategy could aggregate; the others are kept as rejections
+        for this round's report.
+
+        For wrappers that touch the replies' arrays before this strategy sees them
+        (Flower's DP wrappers clip every reply and drop the whole round on any error
+        reply): screened first, a crashed, malformed, mis-shaped or non-finite reply is
+        left out with its reason instead of crashing or voiding the round
+        (:class:`fedloom.privacy.ScreenReplies`). Call after :meth:`configure_train`.
+        """
+        kept = []
+        for msg in replies:
+            updates, rejected, _ = self._decode_replies([msg])
+            if not rejected:
+                try:
+                    check_update(updates[0].weights, self._global_weights or [])
+                    check_finite(updates[0].weights)
+                except UpdateRejected as err:
+                    rejected = [Rejection(updates[0].client_id, err.reason, str(err))]
+            if rejected:
+                self._screened.extend(rejected)
+            else:
+                kept.append(msg)
+        return kept
+
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
@@ -242,6 +325,12 @@ class FedloomStrategy(FedAvg):
         if not pairs:
             return None
         return MetricRecord(average_client_metrics(pairs))
+
+
+#: Error codes with which the engine (not the ClientApp) reports a node it lost.
+_UNAVAILABLE_CODES = frozenset(
+    {ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE}
+)
 
 
 class SimpleAverage(SimpleAverageMixin, FedloomStrategy):

@@ -14,9 +14,37 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedloom.aggregation import AggregationResult, ClientUpdate, Rejection, Schedule
+from fedloom.aggregation import (
+    AggregationResult,
+    ClientUpdate,
+    Rejection,
+    RejectNormOutliers,
+    Schedule,
+    Stage,
+)
 
-__all__ = ["RoundReport", "aggregate_round", "average_client_metrics", "LOGGER"]
+__all__ = [
+    "RoundReport",
+    "aggregate_round",
+    "average_client_metrics",
+    "absurd_norm_guards",
+    "DEFAULT_ABSURD_NORM_RATIO",
+    "LOGGER",
+]
+
+#: Every fedloom strategy leaves out an update that moved more than this many times the
+#: round's median distance from the global model, or more than this many times the global
+#: model's own norm (reason ``absurd_norm``): such an update is garbage (overflow,
+#: uninitialised memory, a wrong learning rate), and one of them would own a plain mean.
+#: Far above honest spread, so it does not act as a robust rule.
+DEFAULT_ABSURD_NORM_RATIO = 1000.0
+
+
+def absurd_norm_guards(ratio: float | None) -> tuple[Stage, ...]:
+    """The guard stages for ``absurd_norm_ratio`` (none for ``None``)."""
+    if ratio is None:
+        return ()
+    return (RejectNormOutliers(float(ratio), max_model_ratio=float(ratio), reason="absurd_norm"),)
 
 LOGGER = logging.getLogger("fedloom")
 
@@ -153,12 +181,14 @@ def aggregate_round(
     bytes_received: int,
     bytes_sent: int,
     min_updates: int,
+    guards: Sequence[Stage] = (),
 ) -> tuple[AggregationResult, RoundReport]:
-    """Run the round's pipeline, then log and report what it did (both Flower APIs)."""
+    """Run the round's pipeline (after ``guards``), then log and report what it did
+    (both Flower APIs)."""
     pipeline = schedule.at(server_round)
     result = pipeline(
         global_weights, updates, server_round=server_round, min_updates=min_updates,
-        rejected=rejected,
+        rejected=rejected, guards=guards,
     )
     report = RoundReport.from_result(
         server_round, pipeline.name, len(updates) + len(rejected), result, bytes_received, updates,

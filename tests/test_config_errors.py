@@ -1,0 +1,85 @@
+"""Bad settings fail before training, in one line naming the key, the bad value and what
+is allowed; ``simulate.py`` exits with code 2 (issue 5's list, plus the new keys)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedloom.errors import ConfigError
+from fedloom.experiment import settings, setup
+
+from test_experiment import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["fraction_train=0"], "fraction_train=0 is not allowed: it must be a number in (0.0, 1.0]"),
+        (["fraction_train=1.5"], "fraction_train=1.5 is not allowed: it must be a number in (0.0, 1.0]"),
+        (["checkpoint_every=-1"], "checkpoint_every=-1 is not allowed: it must be an integer >= 0"),
+        (["absurd_norm_ratio=1"], "absurd_norm_ratio=1 is not allowed: it must be a number in (1.0, inf)"),
+        (["faults.nan=-0.1"], "faults.nan=-0.1 is not allowed: it must be a probability in [0, 1]"),
+        (["faults=flaky", "faults.crash=0.9"], "faults: the fault probabilities sum to 1.25"),
+        (["+faults.explode=0.1"], "faults.explode is not a fault setting; known: clients, crash"),
+        (["attack=noise", "attack.std=0"], "attack.std=0 is not allowed: it must be a number > 0"),
+        (["attack=sign_flip", "+attack.std=1"], "attack.std is not a setting of attack 'sign_flip'; its settings: fraction, name, scale"),
+        (["attack=scaling", "attack.fraction=1.0"], "attack.fraction=1.0 is not allowed: it must be in [0, 1)"),
+        (["dp=central_fixed", "dp.delta=0"], "dp.delta=0 is not allowed: it must be in (0, 1)"),
+        (["dp=central_fixed", "dp.noise_multiplier=0"], "dp.noise_multiplier=0 is not allowed: it must be a number > 0"),
+        (["dp=central_fixed", "dp.clipping_side=both"], "dp.clipping_side='both' is not allowed: use server or client"),
+        (["dp=central_fixed", "dp.accounting=pld"], "dp.accounting='pld' is not allowed: use poisson or without_replacement"),
+        (["dp=central_adaptive", "dp.noise_multiplier=1.0"], "dp.noise_multiplier=1.0 is not allowed with dp.clipped_count_stddev=0.5"),
+        (["dp=central_fixed", "compression=int8"], "dp=central_fixed is not allowed with compression=int8"),
+        (["strategy=robust_trimmed", "clients_per_round=2"], "strategy.beta=0.2 trims nothing with clients_per_round=2: a trimmed mean"),
+        (["strategy=robust_trimmed", "fraction_train=0.02"], "strategy.beta=0.2 trims nothing with clients_per_round=2"),
+    ],
+)
+def test_new_settings_are_checked_in_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        settings.validate(config(*overrides))
+    assert "\n" not in str(error.value)
+
+
+def test_fraction_train_sets_the_clients_per_round_like_fedavg():
+    cfg = settings.resolved(config("fraction_train=0.3"))
+    assert cfg["clients_per_round"] == 30
+    strategy = setup.build_strategy(cfg)
+    assert strategy.min_train_nodes == 30 and strategy.fraction_train == pytest.approx(0.3)
+
+
+def run_cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "simulate.py"), *args, f"hydra.run.dir={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["num_rounds=-5"], "error: num_rounds=-5 is not allowed: it must be an integer >= 1."),
+        (["fraction_train=1.2"], "error: fraction_train=1.2 is not allowed: it must be a number in (0.0, 1.0]."),
+        (["strategy=fedprox"], "error: strategy='fedprox' is not allowed: choose one of fedavg, robust_krum, "),
+        (["strategy=robust_trimmed", "strategy.beta=0.6"], "error: strategy.beta=0.6 is not allowed: it must be in [0, 0.5)."),
+        (["strategy=robust_trimmed", "strategy.beta=0.4", "clients_per_round=2"],
+         "error: strategy.beta=0.4 trims nothing with clients_per_round=2: a trimmed mean drops"),
+        (["strategy=robust_trimmed", "clients_per_round=4"], "error: strategy.beta=0.2 trims nothing with clients_per_round=4 (floor(0.2 * 4) = 0); raise beta to >= 0.25"),
+        (["clients_per_round=101"], "error: clients_per_round=101 is not allowed: it must be <= num_clients=100."),
+        (["min_valid_updates=11"], "error: min_valid_updates=11 is not allowed: it must be <= clients_per_round=10"),
+        (["dataset=file", "dataset.path=/nonexistent/clients.npz"], "error: dataset.path: file not found: /nonexistent/clients.npz."),
+        (["resume=/nonexistent/run"], "error: resume: no checkpoint at /nonexistent/run/checkpoint.npz."),
+    ],
+)
+def test_simulate_refuses_bad_configs_before_training(args, line, tmp_path):
+    done = run_cli(*args, tmp_path=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [text for text in done.stderr.splitlines() if text.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(line), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert "round   1/" not in done.stdout  # nothing trained
