@@ -1,0 +1,9 @@
+"""Suite-wide settings: a fresh partition cache, so no test reads a split cached by an
+earlier version of the code (child processes inherit the variable)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ["FEDLOOM_CACHE_DIR"] = tempfile.mkdtemp(prefix="fedloom-test-cache-")
