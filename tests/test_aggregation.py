@@ -304,3 +304,12 @@ def test_pipeline_order_is_enforced():
     assert isinstance(Pipeline(WeightBy("uniform")).stages[-1], Mean)
     with pytest.raises(ConfigError, match="weight_by must be one of"):
         WeightBy("size")
+
+
+def test_clip_to_the_round_median_norm_bounds_boosted_updates():
+    updates = client_updates([[1, 0], [0, 1], [3, 4], [30, 40]])  # norms 1, 1, 5, 50
+    result = Pipeline(ClipNorm(median_multiple=1.0), Mean())(GLOBAL, updates)
+    # median norm 3: the last two are scaled to norm 3 -> (1.8, 2.4) each
+    np.testing.assert_allclose(result.weights[0], [(1 + 0 + 1.8 + 1.8) / 4, (0 + 1 + 2.4 + 2.4) / 4], rtol=1e-6)
+    with pytest.raises(ConfigError, match="needs max_norm or median_multiple"):
+        ClipNorm()

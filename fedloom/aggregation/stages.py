@@ -112,25 +112,35 @@ class RejectNormOutliers(Stage):
 
 
 class ClipNorm(Stage):
-    """Clip each update's distance from the global model to L2 norm ``max_norm``.
+    """Clip each update's distance from the global model to an L2 bound.
 
-    The clipped update is ``global + min(1, max_norm / ||u - global||) * (u - global)``.
+    The clipped update is ``global + min(1, bound / ||u - global||) * (u - global)``, with
+    ``bound`` = ``max_norm``, or ``median_multiple`` times the round's median distance
+    (norm bounding against boosted updates, Sun et al. 2019,
+    https://arxiv.org/abs/1911.07963), or the smaller of the two.
     Recorded as a per-update scale: :class:`Mean` folds it into its coefficients, so no
     clipped copy of any update is made; other reducers copy only clipped updates.
     """
 
     kind = "filter"
 
-    def __init__(self, max_norm: float) -> None:
-        if not max_norm > 0:
-            raise ConfigError(f"ClipNorm needs max_norm > 0; got max_norm={max_norm}.")
+    def __init__(self, max_norm: float | None = None, *, median_multiple: float | None = None) -> None:
+        if max_norm is None and median_multiple is None:
+            raise ConfigError("ClipNorm needs max_norm or median_multiple; got neither.")
+        for name, value in (("max_norm", max_norm), ("median_multiple", median_multiple)):
+            if value is not None and not value > 0:
+                raise ConfigError(f"ClipNorm needs {name} > 0; got {name}={value}.")
         self.max_norm = max_norm
+        self.median_multiple = median_multiple
 
     def __call__(self, state: RoundState) -> None:
         if not state.updates:
             return
         norms = state.delta_norms()
-        scales = np.minimum(1.0, self.max_norm / np.maximum(norms, 1e-300))
+        bound = np.inf if self.max_norm is None else self.max_norm
+        if self.median_multiple is not None:
+            bound = min(bound, self.median_multiple * float(np.median(norms)))
+        scales = np.minimum(1.0, bound / np.maximum(norms, 1e-300))
         state.scales = scales if state.scales is None else np.minimum(state.scales, scales)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from fedloom.aggregation import (
     ClientUpdate,
+    ClipNorm,
     CoordinateMedian,
     KrumSelect,
     Mean,
@@ -101,6 +102,7 @@ def robust_weighted(
     num_selected: int | None = None,
     weight_by: str = "num_examples",
     max_norm_ratio: float | None = 10.0,
+    clip_median_multiple: float | None = None,
 ) -> Pipeline:
     """Hybrid: robust filtering, then weighting.
 
@@ -111,10 +113,15 @@ def robust_weighted(
             weighted mean), or ``"median"`` (coordinate-wise median, unweighted).
         max_norm_ratio: first reject updates whose distance from the model exceeds this
             multiple of the round's median distance (``None`` to skip).
+        clip_median_multiple: then clip every update to this multiple of the round's
+            median distance (``None`` to skip), so a boosted update weighs no more than
+            a typical one in whatever the robust rule lets through.
     """
     if robust not in ROBUST_REDUCERS:
         raise ConfigError(f"robust must be one of {ROBUST_REDUCERS}; got robust={robust!r}.")
     stages: list = [] if max_norm_ratio is None else [RejectNormOutliers(max_norm_ratio)]
+    if clip_median_multiple is not None:
+        stages.append(ClipNorm(median_multiple=clip_median_multiple))
     if robust == "krum":
         stages += [KrumSelect(num_byzantine, num_selected), WeightBy(weight_by), Mean()]
     elif robust == "trimmed_mean":

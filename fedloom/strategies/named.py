@@ -130,6 +130,7 @@ class HybridMixin:
         num_selected: int | None = None,
         weight_by: str = "num_examples",
         max_norm_ratio: float | None = 10.0,
+        clip_median_multiple: float | None = None,
         **strategy_options: Any,
     ):
         """Robust filtering (trimmed mean, Krum or median), then weighting; see
@@ -141,6 +142,7 @@ class HybridMixin:
             num_selected=num_selected,
             weight_by=weight_by,
             max_norm_ratio=max_norm_ratio,
+            clip_median_multiple=clip_median_multiple,
         )
         return cls(method, **strategy_options)
 
