@@ -94,7 +94,7 @@ def summarise(run: Path, target: float) -> RunSummary:
 
 
 def markdown_table(summaries: Sequence[RunSummary], target: float) -> str:
-    header = (f"| run | final acc. | best acc. | rounds to {target:.0%} | MB up | MB down | round time s |\n"
+    header = (f"| run | final acc. | best acc. | rounds to {target:.0%} | MB up | MB down | s in rounds |\n"
               "|---|---|---|---|---|---|---|\n")
     rows = []
     for s in summaries:
@@ -111,15 +111,16 @@ def plot(runs: Sequence[Path], summaries: Sequence[RunSummary], path: Path, titl
     import matplotlib.pyplot as plt
 
     figure, (by_round, by_megabyte) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for run, summary in zip(runs, summaries):
+    for index, (run, summary) in enumerate(zip(runs, summaries)):
+        style = {"linestyle": ("-", "--", ":", "-.")[index // 10 % 4]}  # 10 colours per cycle
         records = json.loads((run / "history.json").read_text())
         accuracy = [r["accuracy"] for r in records]
         megabytes, total = [], 0.0
         for r in records:
             total += (r["bytes_up"] + r["bytes_down"]) / 1e6
             megabytes.append(total)
-        by_round.plot([r["round"] for r in records], accuracy, label=summary.label)
-        by_megabyte.plot(megabytes, accuracy, label=summary.label)
+        by_round.plot([r["round"] for r in records], accuracy, label=summary.label, **style)
+        by_megabyte.plot(megabytes, accuracy, label=summary.label, **style)
     by_round.set(xlabel="round", ylabel="test accuracy", title="accuracy per round")
     by_megabyte.set(xlabel="megabytes transferred (up + down)", ylabel="test accuracy",
                     title="accuracy per megabyte")
