@@ -1,0 +1,243 @@
+"""Deployment speed: seconds per round of a real 3-SuperNode deployment vs simulation.
+
+Workload: scikit-learn digits split over 3 clients (Dirichlet(0.5) label skew), all 3
+train every round, MLP 64-64-10, SGD lr 0.1, batch 10, 1 local epoch, weighted average,
+central evaluation on the test split after every round (``num_clients=3
+clients_per_round=3``; every other setting is ``conf/config.yaml``'s default). Variants,
+each in a fresh process tree:
+
+- ``simulation-local``: ``simulate.py``'s path on fedloom's engine (``engine=local``);
+- ``simulation-ray``: the same on Flower's Ray engine (``engine=flower``);
+- ``deployment-secure``: ``deploy.py``'s path: one ``flower-superlink`` and three
+  ``flower-supernode`` processes on 127.0.0.1 with TLS and SuperNode authentication,
+  the app started by ``flwr run``;
+- ``deployment-insecure``: the same without TLS and authentication (``--insecure``).
+
+For each: median seconds per round (rounds 2..R, from ``history.json``: training,
+aggregation and central evaluation), round 1 (the first message of a run also loads
+and caches each node's data), start-up (launch until the round-0 evaluation), wall
+time, peak memory of the process tree (sum of RSS, sampled every 0.2 s), final accuracy.
+
+Then what one deployment message costs, by part, each measured in fresh processes:
+
+- ``clientapp_imports_s``: a new Python process importing Flower's ClientApp and
+  fedloom's Keras client (TensorFlow): every message pays it, because Flower 1.42 starts
+  one ``flwr-clientapp`` process per message in both SuperNode isolation modes;
+- ``node_data_first_s`` / ``node_data_cached_s``: :func:`fedloom.deploy.node_data.load_node`
+  on the first message of a run (Hydra, dataset, partitioning, cache write) and on later
+  ones (``context.state`` + one ``.npz``).
+
+Run: ``python benchmarks/deployment.py [--rounds 8]`` (about 8 minutes on 2 cores; the
+3 s polls of Flower's SuperNode and ServerApp make single rounds vary by a few seconds);
+prints a table and writes ``benchmarks/results/deployment.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = ("simulation-local", "simulation-ray", "deployment-secure", "deployment-insecure")
+OVERRIDES = ["num_clients=3", "clients_per_round=3", "plot=false"]
+
+
+# ----------------------------------------------------------------------------- children
+def child(variant: str, rounds: int, out: Path) -> None:
+    """Run one variant; its history.json ends up in ``out``."""
+    overrides = [*OVERRIDES, f"num_rounds={rounds}"]
+    if variant.startswith("simulation"):
+        from fedloom.deploy.config import compose_experiment
+        from fedloom.experiment import run_experiment
+
+        engine = "local" if variant == "simulation-local" else "flower"
+        run_experiment(compose_experiment([*overrides, f"engine={engine}"]), out)
+    else:
+        from fedloom.deploy.launch import deploy
+
+        deploy(overrides, secure=variant == "deployment-secure", run_dir=out,
+               on_line=lambda line: None)
+
+
+def child_node_data(out: Path) -> None:
+    """Time ``load_node`` on a first message (empty state and cache), then on a later one."""
+    from flwr.app import Context, RecordDict
+
+    from fedloom.deploy.node_data import load_node
+
+    cache = Path(tempfile.mkdtemp())
+    context = Context(run_id=1, node_id=1, state=RecordDict(),
+                      node_config={"partition-id": 0, "num-partitions": 3, "cache-dir": str(cache)},
+                      run_config={"overrides": " ".join(OVERRIDES)})
+    started = time.perf_counter()
+    load_node(context)
+    first = time.perf_counter() - started
+    started = time.perf_counter()
+    load_node(context)
+    cached = time.perf_counter() - started
+    out.write_text(json.dumps({"first": first, "cached": cached, "cache": str(cache)}))
+
+
+# ----------------------------------------------------------------------------- parent
+def tree_rss(process) -> int:
+    import psutil
+
+    total = 0
+    for proc in [process, *process.children(recursive=True)]:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_child(args: list[str], timeout: float = 1200) -> tuple[float, int]:
+    """Run this script with ``args`` in a new session; return (wall seconds, peak tree RSS)."""
+    import psutil
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    started = time.time()
+    proc = subprocess.Popen([sys.executable, __file__, *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    peak, process, stop = 0, psutil.Process(proc.pid), threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, tree_rss(process))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    finally:
+        stop.set()
+        sampler.join()
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{stderr[-3000:]}")
+    return time.time() - started, peak
+
+
+def measure_variant(variant: str, rounds: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        launched = time.time()
+        wall, peak = run_child(["--child", variant, "--rounds", str(rounds), "--out", tmp])
+        records = json.loads((Path(tmp) / "history.json").read_text())
+    seconds = [r["seconds"] for r in records[1:]]
+    return {
+        "median_round_s": statistics.median(seconds[1:] or seconds),
+        "round_1_s": seconds[0],
+        "round_s": seconds,
+        "startup_s": records[0]["time"] - launched,
+        "wall_s": wall,
+        "peak_tree_rss_bytes": peak,
+        "final_accuracy": records[-1]["accuracy"],
+    }
+
+
+def measure_message_parts(repeats: int = 3) -> dict:
+    imports = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import flwr.clientapp, fedloom.clients"],
+                       check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                       capture_output=True)
+        imports.append(time.perf_counter() - started)
+    first, cached = [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "node_data.json"
+            run_child(["--child-node-data", "--out", str(out)])
+            timing = json.loads(out.read_text())
+        first.append(timing["first"])
+        cached.append(timing["cached"])
+    return {"clientapp_imports_s": statistics.median(imports),
+            "node_data_first_s": statistics.median(first),
+            "node_data_cached_s": statistics.median(cached)}
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    import flwr
+
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "flwr": flwr.__version__,
+            "load_average_1min_at_start": os.getloadavg()[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--out", type=Path,
+                        default=ROOT / "benchmarks" / "results" / "deployment.json")
+    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--child-node-data", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.rounds, args.out)
+        return
+    if args.child_node_data:
+        child_node_data(args.out)
+        return
+
+    about_machine = machine()  # before the runs: the load average says whether it was idle
+    results = {}
+    for variant in args.variants.split(","):
+        results[variant] = r = measure_variant(variant, args.rounds)
+        print(f"{variant:20s} round {r['median_round_s']:7.3f} s (first {r['round_1_s']:6.2f} s)"
+              f"   start-up {r['startup_s']:5.1f} s   wall {r['wall_s']:5.1f} s   peak memory "
+              f"{r['peak_tree_rss_bytes'] / 2**30:5.2f} GiB   accuracy {r['final_accuracy']:.4f}",
+              flush=True)
+    parts = measure_message_parts()
+    print(f"one deployment message: fresh ClientApp process imports {parts['clientapp_imports_s']:.2f} s; "
+          f"node data {parts['node_data_first_s']:.2f} s on a run's first message, "
+          f"{parts['node_data_cached_s'] * 1e3:.1f} ms later (cached)", flush=True)
+    ratios = {}
+    for variant in results:
+        if variant.startswith("deployment") and "simulation-local" in results:
+            ratios[f"{variant}_over_simulation_local"] = (
+                results[variant]["median_round_s"] / results["simulation-local"]["median_round_s"])
+    for name, value in ratios.items():
+        print(f"{name}: {value:.0f}x", flush=True)
+    report = {
+        "benchmark": "seconds per round, 3 clients all training every round (median of rounds 2..R)",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": about_machine,
+        "workload": {"overrides": OVERRIDES, "rounds": args.rounds, "dataset": "digits",
+                     "partition": "dirichlet(0.5)", "model": "mlp 64-64-10", "strategy": "weighted",
+                     "learning_rate": 0.1, "batch_size": 10, "local_epochs": 1},
+        "flower_polling_s": {"supernode_pull_when_idle": 3.0, "serverapp_reply_pull": 3.0,
+                             "superexec_task_poll": 0.1},
+        "variants": results,
+        "message_parts": parts,
+        "ratios": ratios,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

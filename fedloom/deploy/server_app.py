@@ -1,0 +1,103 @@
+"""The deployment ServerApp: the simulation's experiment, run on a real SuperLink.
+
+The SuperLink starts this app for every ``flwr run``. It reads three keys of the run
+config (``[tool.flwr.app.config]`` in ``pyproject.toml``, overridden with ``flwr run
+--run-config``):
+
+- ``overrides``: Hydra overrides of ``conf/``, as given to ``simulate.py``
+  (``"strategy=fedavg num_rounds=50 num_clients=3 clients_per_round=3"``);
+- ``output-dir``: where ``history.json``, ``config.json``, ``partition.json`` and
+  ``plot.png`` go on the server machine (``""``: ``outputs/deploy/run-<run id>``
+  under the SuperLink's working directory);
+- ``connect-timeout``: seconds to wait for ``num_clients`` SuperNodes before round 1.
+
+It then does what simulation does: ``prepare_experiment(cfg, output_dir).start(grid)``,
+with Flower's grid of real SuperNodes in place of the local engine, so a deployment
+writes the same ``history.json`` as a simulation of the same config.
+
+What differs in deployment, and why:
+
+- ``num_clients`` is the number of SuperNodes of the federation. Round 1 waits until
+  all of them are connected (so the first sampling sees the whole federation), or
+  fails after ``connect-timeout`` naming how many came.
+- From then on a round needs only ``clients_per_round`` connected nodes (Flower's
+  ``min_available_nodes``; simulation asks for all ``num_clients``): a site that
+  crashes or is switched off does not stall the federation while enough remain. A
+  node that vanishes mid-round costs that round at most ``round_timeout`` seconds, and
+  the round aggregates the replies that came (at least ``min_valid_updates``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedloom.errors import ConfigError, FedloomError
+
+__all__ = ["app", "wait_for_nodes"]
+
+LOGGER = logging.getLogger("fedloom")
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Compose the experiment from the run config and run all its rounds on ``grid``."""
+    from fedloom.deploy.config import compose_experiment
+    from fedloom.experiment import prepare_experiment
+
+    run_config = context.run_config
+    try:
+        cfg = compose_experiment(str(run_config.get("overrides", "")))
+        if cfg.get("resume"):
+            raise ConfigError(
+                f"resume={cfg['resume']} continues a simulation; a deployment starts at "
+                "round 1. Drop resume from the overrides."
+            )
+        output_dir = _output_dir(str(run_config.get("output-dir", "")), context.run_id)
+        experiment = prepare_experiment(cfg, output_dir)
+    except FedloomError as err:
+        LOGGER.error("error: %s", err)
+        raise
+    print(f"fedloom: run {context.run_id} writes its history to {output_dir}", flush=True)
+    cfg = experiment.cfg  # as the run uses it (e.g. clients_per_round from fraction_train)
+    wait_for_nodes(grid, int(cfg["num_clients"]), float(run_config.get("connect-timeout", 600)))
+    experiment.strategy.min_available_nodes = int(cfg["clients_per_round"])
+    records = experiment.start(grid)
+    final = records[-1]
+    print(f"fedloom: final accuracy {final['accuracy']:.4f} after {final['round']} rounds; "
+          f"history in {output_dir / 'history.json'}", flush=True)
+
+
+def wait_for_nodes(grid: Grid, num_nodes: int, timeout: float, poll: float = 1.0) -> list[int]:
+    """Block until ``num_nodes`` SuperNodes are connected; return their node ids.
+
+    Raises:
+        ConfigError: fewer came within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    reported = -1
+    while len(nodes := list(grid.get_node_ids())) < num_nodes:
+        if len(nodes) != reported:
+            print(f"fedloom: waiting for SuperNodes: {len(nodes)} of num_clients={num_nodes} "
+                  "connected", flush=True)
+            reported = len(nodes)
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"only {len(nodes)} of num_clients={num_nodes} SuperNodes connected within "
+                f"connect-timeout={timeout:g} s. Start the missing SuperNodes (check their "
+                "logs for TLS or authentication errors), or set num_clients to the number "
+                "of sites."
+            )
+        time.sleep(poll)
+    return nodes
+
+
+def _output_dir(value: str, run_id: int) -> Path:
+    directory = Path(value).expanduser() if value else Path("outputs") / "deploy" / f"run-{run_id}"
+    return directory.resolve()
