@@ -19,7 +19,8 @@ memory of the process tree (sum of RSS of
 the process and all its descendants, sampled every 0.1 s), final test accuracy. All use
 the same client partitions and seeded client sampling where the framework allows.
 
-Run: ``python benchmarks/simulation.py`` (about 4 minutes on 2 cores); writes
+Run: ``python benchmarks/simulation.py`` (about 6 minutes on 2 cores; 100 rounds, so
+that every variant is near its final accuracy); writes
 ``benchmarks/results/simulation.json``.
 """
 
@@ -180,7 +181,11 @@ def tree_rss(process) -> int:
     import psutil
 
     total = 0
-    for proc in [process, *process.children(recursive=True)]:
+    try:
+        tree = [process, *process.children(recursive=True)]
+    except psutil.Error:  # the process ended between two samples
+        return 0
+    for proc in tree:
         try:
             total += proc.memory_info().rss
         except psutil.Error:
@@ -230,7 +235,7 @@ def measure_variant(variant: str, rounds: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "simulation.json"))
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
