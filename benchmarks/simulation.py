@@ -88,7 +88,6 @@ def quickstart_model():
 
 
 def run_flower_quickstart(rounds: int) -> dict:
-    import numpy as np
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp

@@ -31,7 +31,6 @@ from fedloom.checkpoint import (
 from fedloom.engine import LocalGrid
 from fedloom.errors import ConfigError
 from fedloom.experiment import prepare_experiment, resume_experiment, run_experiment
-from fedloom.experiment.runner import _run_local
 from fedloom.rounds import run_rounds
 from fedloom.strategies import FederatedAveraging
 

@@ -16,7 +16,6 @@ from flwr.serverapp import Grid
 from flwr.simulation import run_simulation
 
 from fedloom.strategies import FederatedAveraging, Hybrid, SimpleAverage, WeightedAverage, legacy
-from fedloom.records import parameters_views
 from flwr.common import ndarrays_to_parameters
 
 from numpy_apps import INITIAL_WEIGHTS, client_step, legacy_app, message_app

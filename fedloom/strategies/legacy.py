@@ -15,7 +15,6 @@ bad ones are left out with a logged reason, too few valid updates keep the globa
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
