@@ -35,6 +35,7 @@ from fedloom.strategies import WeightedAverage, legacy
 
 SHAPES = [(784, 1000), (1000,), (1000, 200), (200,), (200, 74)]  # 1,000,000 parameters
 MODEL_BYTES = 4 * sum(int(np.prod(s)) for s in SHAPES)
+ABSURD_NORM_RATIO = None  # set by --absurd-norm-ratio: the optional distance guard
 
 
 def make_updates(num_clients: int, seed: int = 0):
@@ -89,7 +90,8 @@ def accuracy(result: list[np.ndarray], ref: list[np.ndarray]) -> dict:
 def message_api(global_weights, updates, num_examples, repeats):
     grid = LocalGrid(ClientApp(), len(updates))  # only for node ids and message metadata
     arrays = ArrayRecord(global_weights)
-    ours = WeightedAverage(min_available_nodes=len(updates), min_train_nodes=len(updates), seed=0)
+    ours = WeightedAverage(min_available_nodes=len(updates), min_train_nodes=len(updates), seed=0,
+                           absurd_norm_ratio=ABSURD_NORM_RATIO)
     requests = list(ours.configure_train(1, arrays, ConfigRecord(), grid))
     replies = [
         Message(RecordDict({"arrays": ArrayRecord(u), "metrics": MetricRecord({"num-examples": int(n)})}),
@@ -109,7 +111,8 @@ def legacy_api(global_weights, updates, num_examples, repeats):
     proxies = [GridClientProxy(node_id, grid, grid.run.run_id) for node_id in grid.get_node_ids()]
     for proxy in proxies:
         manager.register(proxy)
-    ours = legacy.WeightedAverage(min_available_clients=len(updates), min_fit_clients=len(updates))
+    ours = legacy.WeightedAverage(min_available_clients=len(updates), min_fit_clients=len(updates),
+                                  absurd_norm_ratio=ABSURD_NORM_RATIO)
     ours.configure_fit(1, ndarrays_to_parameters(global_weights), manager)
 
     fixed = [(p, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(u), int(n), {}))
@@ -126,13 +129,18 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "aggregation.json"))
+    parser.add_argument("--absurd-norm-ratio", type=float, default=None,
+                        help="also screen updates by distance (the strategies' optional guard)")
     args = parser.parse_args()
+    global ABSURD_NORM_RATIO
+    ABSURD_NORM_RATIO = args.absurd_norm_ratio
 
     global_weights, updates, num_examples = make_updates(args.clients)
     ref = reference(updates, num_examples)
     report = {"date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
               f"{__import__('os').cpu_count()} cores", "clients": args.clients,
-              "parameters": MODEL_BYTES // 4, "model_bytes": MODEL_BYTES, "apis": {}}
+              "parameters": MODEL_BYTES // 4, "model_bytes": MODEL_BYTES,
+              "absurd_norm_ratio": ABSURD_NORM_RATIO, "apis": {}}
     for name, run in (("message", message_api), ("legacy", legacy_api)):
         ours, flower, ours_out, flower_out = run(global_weights, updates, num_examples, args.repeats)
         entry = {

@@ -313,3 +313,27 @@ def test_clip_to_the_round_median_norm_bounds_boosted_updates():
     np.testing.assert_allclose(result.weights[0], [(1 + 0 + 1.8 + 1.8) / 4, (0 + 1 + 2.4 + 2.4) / 4], rtol=1e-6)
     with pytest.raises(ConfigError, match="needs max_norm or median_multiple"):
         ClipNorm()
+
+
+@pytest.mark.parametrize("stages", [
+    lambda: [RejectNormOutliers(3.0), WeightBy("num_examples"), Mean()],
+    lambda: [RejectNormOutliers(50.0), ClipNorm(median_multiple=1.0), WeightBy("num_examples"), Mean()],
+    lambda: [RejectNormOutliers(50.0), WeightBy("num_examples"), Mean(), ServerStep(0.5, 0.9)],
+])
+def test_one_pass_pipeline_equals_running_the_stages_one_by_one(stages):
+    from fedloom.aggregation import RoundState
+
+    rng = np.random.default_rng(7)
+    global_weights = [rng.standard_normal((300, 70)).astype(np.float32), np.zeros(70, np.float32)]
+    updates = [ClientUpdate(str(k), [g + rng.normal(scale=0.1 * (k + 1), size=g.shape).astype(np.float32)
+                                     for g in global_weights], 10 + k) for k in range(8)]
+    updates[5].weights[0][0, 0] = np.nan
+    updates[6] = ClientUpdate("6", [g + 100.0 for g in global_weights], 16)  # far outlier
+    fused = Pipeline(*stages())(global_weights, updates)
+    state = RoundState(0, global_weights, list(updates))
+    for stage in stages():
+        stage(state)
+    assert fused.used == [u.client_id for u in state.updates]
+    assert sorted(r.reason for r in fused.rejected) == sorted(r.reason for r in state.rejected)
+    for a, b in zip(fused.weights, state.aggregate):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

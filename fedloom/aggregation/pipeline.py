@@ -27,7 +27,8 @@ import numpy as np
 
 from fedloom.aggregation.checks import check_update
 from fedloom.aggregation.round_state import ClientUpdate, Rejection, RoundState
-from fedloom.aggregation.stages import Mean, Stage
+from fedloom.aggregation.mean import weighted_mean_and_distances
+from fedloom.aggregation.stages import ClipNorm, Mean, RejectNormOutliers, Stage, WeightBy
 from fedloom.errors import ConfigError, InsufficientUpdates, UpdateRejected
 
 __all__ = ["AggregationResult", "Pipeline", "Schedule"]
@@ -146,11 +147,15 @@ class Pipeline:
             else:
                 state.rejected.append(Rejection(update.client_id, *reason))
         skipped = ""
+        stages = (*guards, *self.stages)
         try:
-            for stage in (*guards, *self.stages):
-                if stage.kind == "reducer":
-                    _require_enough(state, min_updates)
-                stage(state)
+            if _one_pass_possible(stages):
+                _run_in_one_pass(state, stages, min_updates)
+            else:
+                for stage in stages:
+                    if stage.kind == "reducer":
+                        _require_enough(state, min_updates)
+                    stage(state)
             _require_enough(state, min_updates)  # the reducer may have rejected more
         except InsufficientUpdates as err:
             skipped = str(err)
@@ -174,6 +179,59 @@ class Pipeline:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for key, stage_state in state.items():
             self.stages[int(key)].load_state_dict(stage_state)
+
+
+def _one_pass_possible(stages: Sequence[Stage]) -> bool:
+    """True when the stages before a :class:`Mean` only screen by distance from the
+    global model, clip, or weigh (what :func:`_run_in_one_pass` can fuse)."""
+    reducers = [i for i, s in enumerate(stages) if s.kind == "reducer"]
+    return (
+        len(reducers) == 1
+        and isinstance(stages[reducers[0]], Mean)
+        and all(isinstance(s, (RejectNormOutliers, ClipNorm, WeightBy)) for s in stages[: reducers[0]])
+    )
+
+
+def _run_in_one_pass(state: RoundState, stages: Sequence[Stage], min_updates: int) -> None:
+    """Same result as running ``stages`` in order, reading the client arrays once.
+
+    The weighting reads only metrics, so it runs first; then one pass computes the
+    weighted mean of every update together with each update's distance from the global
+    model; the distance filters and clipping then run on those cached distances. Only if
+    they leave an update out or clip one is the mean computed again (a second pass),
+    which keeps the common case (nothing wrong) at the cost of one read of the data.
+    """
+    at = next(i for i, s in enumerate(stages) if s.kind == "reducer")
+    before, reducer, after = stages[:at], stages[at], stages[at + 1 :]
+    for stage in before:
+        if stage.kind == "weighting":
+            stage(state)
+    _require_enough(state, min_updates)
+    coefficients = np.ones(len(state.updates)) if state.coefficients is None else state.coefficients
+    filters = [stage for stage in before if stage.kind == "filter"]
+    if not filters:  # nothing to screen: the mean's own NaN/Inf handling is all it takes
+        _require_enough(state, min_updates)
+        reducer(state)
+        for stage in after:
+            stage(state)
+        return
+    candidate, count = None, len(state.updates)
+    if coefficients.sum() > 0:
+        candidate, squared = weighted_mean_and_distances(
+            [u.weights for u in state.updates], coefficients, state.global_weights)
+        state.set_delta_norms(np.sqrt(squared))
+        if len(state.updates) != count:
+            candidate = None  # NaN/Inf updates were found and left out
+    for stage in filters:
+        stage(state)
+    clipped = state.scales is not None and bool((state.scales < 1.0).any())
+    if candidate is not None and len(state.updates) == count and not clipped:
+        state.aggregate = candidate
+    else:
+        _require_enough(state, min_updates)
+        reducer(state)
+    for stage in after:
+        stage(state)
 
 
 def _require_enough(state: RoundState, min_updates: int) -> None:

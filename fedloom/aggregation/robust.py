@@ -21,6 +21,7 @@ import numpy as np
 
 from fedloom.aggregation._blocks import cast_like, flat_views, iter_blocks
 from fedloom.aggregation.checks import check_same_structure, normalise_weights
+from fedloom.aggregation.mean import squared_distances
 
 __all__ = [
     "coordinate_median",
@@ -159,13 +160,7 @@ def update_norms(
 
     NaN or Inf in an update gives a non-finite norm.
     """
-    norms = np.zeros(len(updates))
-    for index, like in enumerate(reference):
-        ref = np.ravel(like)
-        for k, update in enumerate(updates):
-            delta = np.subtract(np.ravel(update[index]), ref, dtype=np.float64)
-            norms[k] += float(np.dot(delta, delta))
-    return np.sqrt(norms)
+    return np.sqrt(squared_distances(updates, reference))
 
 
 def clip_to_norm(

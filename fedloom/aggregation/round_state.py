@@ -90,17 +90,21 @@ class RoundState:
         self.keep([d == "" for d in details], "non_finite", details)
         self.finite_checked = True
 
+    def set_delta_norms(self, norms: np.ndarray) -> None:
+        """Cache norms computed elsewhere (e.g. during a fused mean); as
+        :meth:`delta_norms`, updates with NaN/Inf are rejected on the way."""
+        self._norms = np.asarray(norms, dtype=np.float64)
+        if not np.isfinite(self._norms).all():
+            self.require_finite()
+        self.finite_checked = True
+
     def delta_norms(self) -> np.ndarray:
         """L2 norm of each update minus the global model, before clipping (cached).
 
         Rejects updates with NaN/Inf on the way (their norm is not finite).
         """
         if self._norms is None:
-            norms = update_norms([u.weights for u in self.updates], self.global_weights)
-            self._norms = norms
-            if not np.isfinite(norms).all():
-                self.require_finite()
-            self.finite_checked = True
+            self.set_delta_norms(update_norms([u.weights for u in self.updates], self.global_weights))
         return self._norms
 
     def effective_updates(self) -> list[Sequence[np.ndarray]]:

@@ -77,7 +77,7 @@ class RejectNormOutliers(Stage):
     ``||update - global|| > max_model_ratio * max(||global||, 1)``, i.e. an update that
     moves the model by that many times its own size (the floor of 1 covers models that
     start at zero). ``reason`` is the tag rejected updates get (``"absurd_norm"`` for the
-    strategies' always-on sanity guard, see ``FedloomStrategy(absurd_norm_ratio=...)``).
+    strategies' sanity guard, see ``FedloomStrategy(absurd_norm_ratio=...)``).
     """
 
     kind = "filter"
@@ -104,8 +104,8 @@ class RejectNormOutliers(Stage):
         if self.max_norm is not None:
             limit = min(limit, self.max_norm)
         if self.max_model_ratio is not None:
-            size = float(np.sqrt(sum(np.dot(np.ravel(g).astype(np.float64), np.ravel(g).astype(np.float64))
-                                     for g in state.global_weights)))
+            size = float(np.sqrt(sum(float(np.dot(np.ravel(g), np.ravel(g)))
+                                     for g in state.global_weights)))  # no float64 copy
             limit = min(limit, self.max_model_ratio * max(size, 1.0))
         details = [f"update norm {n:.4g} > limit {limit:.4g}" for n in norms]
         state.keep(norms <= limit, self.reason, details)

@@ -32,7 +32,6 @@ from fedloom.strategies.named import (
 )
 from fedloom.records import ndarrays_to_parameters, parameters_views
 from fedloom.strategies.reporting import (
-    DEFAULT_ABSURD_NORM_RATIO,
     RoundReport,
     absurd_norm_guards,
     aggregate_round,
@@ -56,8 +55,10 @@ class FedloomLegacyStrategy(FedAvg):
         min_valid_updates: a round with fewer valid updates keeps the global model.
         absurd_norm_ratio: leave out (reason ``absurd_norm``) any update farther from
             the global model than this many times the round's median distance (with
-            >= 3 updates) or than this many times the global model's own norm
-            (``None`` turns the guard off).
+            >= 3 updates) or than this many times the global model's own norm. Off
+            (``None``) by default: it reads every update once more and makes a plain
+            weighted average about 1.5x slower on large models (see
+            ``benchmarks/aggregation.py``); fedloom's experiments turn it on (1000).
         **fedavg_options: any keyword argument of ``flwr.server.strategy.FedAvg``
             (``fraction_fit``, ``min_fit_clients``, ``evaluate_fn``, ...). Without an
             ``evaluate_metrics_aggregation_fn``, evaluation metrics are averaged weighted
@@ -66,7 +67,7 @@ class FedloomLegacyStrategy(FedAvg):
     """
 
     def __init__(self, method: Pipeline | Schedule, *, min_valid_updates: int = 1,
-                 absurd_norm_ratio: float | None = DEFAULT_ABSURD_NORM_RATIO,
+                 absurd_norm_ratio: float | None = None,
                  **fedavg_options: Any) -> None:
         fedavg_options.setdefault("evaluate_metrics_aggregation_fn", average_client_metrics)
         super().__init__(**fedavg_options)
