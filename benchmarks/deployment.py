@@ -42,10 +42,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from process_tree import run_sampled  # noqa: E402  (sibling module of the benchmarks)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -91,46 +92,10 @@ def child_node_data(out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- parent
-def tree_rss(process) -> int:
-    import psutil
-
-    total = 0
-    for proc in [process, *process.children(recursive=True)]:
-        try:
-            total += proc.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
 def run_child(args: list[str], timeout: float = 1200) -> tuple[float, int]:
     """Run this script with ``args`` in a new session; return (wall seconds, peak tree RSS)."""
-    import psutil
-
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
-    started = time.time()
-    proc = subprocess.Popen([sys.executable, __file__, *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    peak, process, stop = 0, psutil.Process(proc.pid), threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, tree_rss(process))
-            time.sleep(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        _, stderr = proc.communicate(timeout=timeout)
-    finally:
-        stop.set()
-        sampler.join()
-        if proc.poll() is None:
-            os.killpg(proc.pid, 9)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{stderr[-3000:]}")
-    return time.time() - started, peak
+    return run_sampled(__file__, args, env, timeout, interval=0.2)
 
 
 def measure_variant(variant: str, rounds: int) -> dict:

@@ -31,13 +31,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from datetime import date
 from pathlib import Path
+
+from process_tree import run_sampled  # noqa: E402  (sibling module of the benchmarks)
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("fedloom-local", "fedloom-ray", "flower-quickstart", "plain-loop")
@@ -176,60 +175,20 @@ def child(variant: str, rounds: int, out: str) -> None:
 
 
 # ----------------------------------------------------------------------------- parent
-def tree_rss(process) -> int:
-    import psutil
-
-    total = 0
-    try:
-        tree = [process, *process.children(recursive=True)]
-    except psutil.Error:  # the process ended between two samples
-        return 0
-    for proc in tree:
-        try:
-            total += proc.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
 def measure_variant(variant: str, rounds: int) -> dict:
-    import psutil
-
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         env = {**os.environ, "FEDLOOM_BENCH_LAUNCHED": repr(time.time()),
                "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
-        started = time.time()
-        proc = subprocess.Popen([sys.executable, __file__, "--child", variant, "--rounds", str(rounds),
-                                 "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-        peak, process = 0, psutil.Process(proc.pid)
-        stop = threading.Event()
-
-        def sample() -> None:
-            nonlocal peak
-            while not stop.is_set():
-                peak = max(peak, tree_rss(process))
-                time.sleep(0.1)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
-            _, stderr = proc.communicate(timeout=1800)
-        finally:
-            stop.set()
-            sampler.join()
-            if proc.poll() is None:
-                os.killpg(proc.pid, 9)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{variant} failed:\n{stderr[-3000:]}")
+        wall, peak = run_sampled(__file__, ["--child", variant, "--rounds", str(rounds), "--out", str(out)],
+                                 env, timeout=1800)
         result = json.loads(out.read_text())
     ends = result["round_end"]  # ends[0]: initial evaluation; ends[r]: end of round r
     round_s = [b - a for a, b in zip(ends, ends[1:])]
     median = statistics.median(round_s[1:] or round_s)
     return {"median_round_s": median, "startup_s": ends[1] - result["launched"] - median,
             "peak_tree_rss_bytes": peak, "final_accuracy": result["final_accuracy"],
-            "wall_s": time.time() - started, "rounds": rounds, "round_s": round_s}
+            "wall_s": wall, "rounds": rounds, "round_s": round_s}
 
 
 def main() -> None:
