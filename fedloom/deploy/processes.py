@@ -100,9 +100,10 @@ class Processes:
             _stop_tree(process, grace=0.0)
 
     def stop_all(self, grace: float = 10.0) -> None:
-        """Stop every process still running, most recently started first."""
-        for name in reversed(list(self._running)):
-            self.stop(name, grace)
+        """Stop every process still running: all are signalled at once and share one
+        ``grace`` period (stopping them one by one could take ``grace`` seconds each)."""
+        processes = [self._running.pop(name) for name in reversed(list(self._running))]
+        _stop_trees(processes, grace)
 
 
 def descendants(pid: int) -> list[int]:
@@ -143,26 +144,35 @@ def exit_on_signals(signals: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)) ->
 
 def _stop_tree(process: subprocess.Popen, grace: float) -> None:
     """Stop ``process`` and every descendant; SIGKILL what outlives ``grace`` seconds."""
-    tree = [process.pid, *descendants(process.pid)]
+    _stop_trees([process], grace)
+
+
+def _stop_trees(processes: Sequence[subprocess.Popen], grace: float) -> None:
+    """Stop every process of ``processes`` and their descendants together: SIGTERM (or
+    SIGKILL when ``grace`` is 0) to all, then SIGKILL to what outlives ``grace`` seconds."""
     own_group = os.getpgrp()
+    trees = {process.pid: [process.pid, *descendants(process.pid)] for process in processes}
+    roots = {process.pid: process for process in processes}
     groups = set()
-    for pid in tree:
+    for pid in (p for tree in trees.values() for p in tree):
         try:
             groups.add(os.getpgid(pid))
         except ProcessLookupError:
             pass
     groups.discard(own_group)
+    everything = [(pid, roots[root]) for root, tree in trees.items() for pid in tree]
     first = signal.SIGTERM if grace > 0 else signal.SIGKILL
-    _signal_all(tree, groups, first)
+    _signal_all([pid for pid, _ in everything], groups, first)
     deadline = time.monotonic() + grace
-    while grace > 0 and time.monotonic() < deadline and any(_alive(p, process) for p in tree):
+    while grace > 0 and time.monotonic() < deadline and any(_alive(p, r) for p, r in everything):
         time.sleep(0.1)
     if grace > 0:
-        _signal_all([p for p in tree if _alive(p, process)], groups, signal.SIGKILL)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
-        print(f"warning: process {process.pid} survived SIGKILL", file=sys.stderr)
+        _signal_all([p for p, r in everything if _alive(p, r)], groups, signal.SIGKILL)
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
+            print(f"warning: process {process.pid} survived SIGKILL", file=sys.stderr)
 
 
 def _signal_all(pids: Sequence[int], groups: set[int], signum: int) -> None:
