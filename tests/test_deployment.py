@@ -179,10 +179,11 @@ def test_plaintext_client_cannot_connect_to_a_tls_superlink(tmp_path):
 @pytest.mark.slow
 def test_launcher_stops_every_process_on_ctrl_c(tmp_path):
     run_dir = tmp_path / "run"
+    output = (tmp_path / "launcher.log").open("w")
     launcher = subprocess.Popen(
         [sys.executable, str(ROOT / "deploy.py"), "--run-dir", str(run_dir),
          "num_clients=2", "clients_per_round=2", "num_rounds=50"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
     )
     ours: list[int] = []
     try:
@@ -191,7 +192,12 @@ def test_launcher_stops_every_process_on_ctrl_c(tmp_path):
         ours += [pid for pid in descendants(launcher.pid) if alive(pid)]
         assert len(ours) >= 5  # SuperLink, SuperExec, ServerApp, 2 SuperNodes, ...
         launcher.send_signal(signal.SIGINT)
-        assert launcher.wait(timeout=60) != 0
+        try:
+            code = launcher.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("deploy.py did not exit within 60 s of SIGINT; its output ends with:\n"
+                        + (tmp_path / "launcher.log").read_text()[-3000:])
+        assert code != 0
         wait_until(lambda: not [pid for pid in ours if alive(pid)], 20,
                    "every process of the deployment to exit")
     finally:  # whatever failed above, leave nothing running

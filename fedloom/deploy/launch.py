@@ -36,6 +36,7 @@ import json
 import os
 import queue
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -402,6 +403,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, help="default: outputs/deploy/<date>/<time>")
     parser.add_argument("--timeout", type=float, help="seconds before the run is stopped")
     args = parser.parse_args(argv)
+    # Ctrl-C must stop the deployment even when this process inherited SIGINT as ignored
+    # (a shell starts background jobs that way, and CI runners often do).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with exit_on_signals():
             records, run_dir = deploy(args.overrides, secure=not args.insecure,
