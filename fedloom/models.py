@@ -108,18 +108,25 @@ def _mlp(keras, input_shape, num_classes, seeds, hidden=(64, 64), **options):
     return layers
 
 
-def _cnn(keras, input_shape, num_classes, seeds, **options):
-    _no_options("cnn", options)
+def _two_conv_layers(keras, name, input_shape, num_classes, seeds, *, filters, kernel, dense):
+    """conv(filters[0], kernel) -> 2x2 max-pool -> conv(filters[1], kernel) -> 2x2 max-pool
+    -> dense ReLU -> softmax: the shape of both CNNs below."""
     return [
-        *_image_layers(keras, "cnn", input_shape),
-        _conv(keras, 16, 3, seeds, name="conv_0"),
+        *_image_layers(keras, name, input_shape),
+        _conv(keras, filters[0], kernel, seeds, name="conv_0"),
         keras.layers.MaxPooling2D(2),
-        _conv(keras, 32, 3, seeds, name="conv_1"),
+        _conv(keras, filters[1], kernel, seeds, name="conv_1"),
         keras.layers.MaxPooling2D(2),
         keras.layers.Flatten(),
-        _dense(keras, 64, seeds, "relu", name="dense"),
+        _dense(keras, dense, seeds, "relu", name="dense"),
         _dense(keras, num_classes, seeds, "softmax", name="output"),
     ]
+
+
+def _cnn(keras, input_shape, num_classes, seeds, **options):
+    _no_options("cnn", options)
+    return _two_conv_layers(keras, "cnn", input_shape, num_classes, seeds,
+                            filters=(16, 32), kernel=3, dense=64)
 
 
 def _mcmahan_2nn(keras, input_shape, num_classes, seeds, **options):
@@ -127,12 +134,7 @@ def _mcmahan_2nn(keras, input_shape, num_classes, seeds, **options):
     Deep Networks from Decentralized Data", AISTATS: two fully connected hidden
     layers of 200 ReLU units; 199,210 parameters on 784 inputs and 10 classes."""
     _no_options("mcmahan_2nn", options)
-    return [
-        keras.layers.Flatten(),
-        _dense(keras, 200, seeds, "relu", name="hidden_0"),
-        _dense(keras, 200, seeds, "relu", name="hidden_1"),
-        _dense(keras, num_classes, seeds, "softmax", name="output"),
-    ]
+    return _mlp(keras, input_shape, num_classes, seeds, hidden=(200, 200))
 
 
 def _mcmahan_cnn(keras, input_shape, num_classes, seeds, **options):
@@ -141,16 +143,8 @@ def _mcmahan_cnn(keras, input_shape, num_classes, seeds, **options):
     5x5 conv (64) -> 2x2 max-pool -> dense 512 ReLU -> softmax; 1,663,370 parameters
     for 28x28x1 inputs and 10 classes ("same" padding)."""
     _no_options("mcmahan_cnn", options)
-    return [
-        *_image_layers(keras, "mcmahan_cnn", input_shape),
-        _conv(keras, 32, 5, seeds, name="conv_0"),
-        keras.layers.MaxPooling2D(2),
-        _conv(keras, 64, 5, seeds, name="conv_1"),
-        keras.layers.MaxPooling2D(2),
-        keras.layers.Flatten(),
-        _dense(keras, 512, seeds, "relu", name="dense"),
-        _dense(keras, num_classes, seeds, "softmax", name="output"),
-    ]
+    return _two_conv_layers(keras, "mcmahan_cnn", input_shape, num_classes, seeds,
+                            filters=(32, 64), kernel=5, dense=512)
 
 
 _BUILDERS: dict[str, Callable[..., list]] = {
