@@ -268,6 +268,41 @@ def test_norm_outliers_rejected_before_they_dominate():
     assert float(result.weights[0][0]) == pytest.approx((1 + 1.2 + 0.9) / 3, rel=1e-6)
 
 
+def test_norm_reference_over_rounds_outvotes_a_round_with_attacker_majority():
+    honest = [[1, 0], [0, 1], [0.8, 0.6]]  # norms 1
+    attackers = [[30, 0], [0, 30], [21, 21], [25, 15]]  # a majority of this round, norms ~30
+    windowed = Pipeline(RejectNormOutliers(max_ratio=2.5, window=5), Mean())
+    one_round = Pipeline(RejectNormOutliers(max_ratio=2.5), Mean())
+    for _ in range(4):  # clean rounds fill the window with medians of 1
+        windowed(GLOBAL, client_updates(honest))
+        one_round(GLOBAL, client_updates(honest))
+    attacked = client_updates(honest + attackers)
+    assert windowed(GLOBAL, attacked).rejected_counts() == {"norm_outlier": 4}
+    assert one_round(GLOBAL, attacked).rejected_counts() == {}  # the round's median is ~30
+    saved = windowed.state_dict()
+    assert saved == {"0": {"recent_medians": [1.0, 1.0, 1.0, 1.0, pytest.approx(np.hypot(25, 15))]}}
+    fresh = Pipeline(RejectNormOutliers(max_ratio=2.5, window=5), Mean())
+    fresh.load_state_dict(saved)
+    assert fresh(GLOBAL, attacked).rejected_counts() == {"norm_outlier": 4}
+    with pytest.raises(ConfigError, match="integer window >= 1"):
+        RejectNormOutliers(window=0)
+
+
+def test_krum_counts_filtered_updates_against_its_byzantine_budget():
+    cluster = [[1, 1], [1.1, 1], [1, 1.1], [0.9, 1], [1, 0.9], [1.05, 1.05]]
+    updates = client_updates(cluster + [[40, 40], [-40, 40]])
+    stages = (RejectNormOutliers(max_ratio=3),)
+    plain = Pipeline(*stages, KrumSelect(num_byzantine=2, num_selected=None), Mean())(GLOBAL, updates)
+    assert plain.rejected_counts() == {"norm_outlier": 2, "krum": 2}  # 2 honest ones dropped too
+    counted = Pipeline(*stages, KrumSelect(num_byzantine=2, num_selected=None, count_rejected=True),
+                       Mean())(GLOBAL, updates)
+    assert counted.rejected_counts() == {"norm_outlier": 2}
+    assert counted.used == [f"c{k}" for k in range(6)]
+    partly = Pipeline(*stages, KrumSelect(num_byzantine=3, num_selected=None, count_rejected=True),
+                      Mean())(GLOBAL, updates)
+    assert partly.rejected_counts() == {"norm_outlier": 2, "krum": 1}
+
+
 def test_robust_reducers_in_pipelines():
     updates = client_updates([[1, 1], [2, 2], [3, 3], [100, -100]])
     assert Pipeline(CoordinateMedian())(GLOBAL, updates).weights[0].tolist() == [2.5, 1.5]

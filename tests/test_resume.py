@@ -32,7 +32,7 @@ from fedloom.engine import LocalGrid
 from fedloom.errors import ConfigError
 from fedloom.experiment import prepare_experiment, resume_experiment, run_experiment
 from fedloom.rounds import run_rounds
-from fedloom.strategies import FederatedAveraging
+from fedloom.strategies import FederatedAveraging, Hybrid
 
 from numpy_apps import INITIAL_WEIGHTS, message_app
 from test_experiment import config
@@ -86,6 +86,21 @@ def test_strategy_state_round_trips_through_a_checkpoint_file(tmp_path):
     without_state = run_rounds(fedavgm(seed=999), LocalGrid(message_app, 6, seed=1),
                                ArrayRecord(loaded["arrays"]), 6, first_round=4)
     assert not np.array_equal(final(whole)[0], final(without_state)[0])
+
+
+def test_norm_filter_history_round_trips_through_a_checkpoint_file(tmp_path):
+    def robust():
+        return Hybrid.robust_weighted("trimmed_mean", beta=0.2, min_available_nodes=6,
+                                      fraction_evaluate=0.0)
+
+    first = robust()
+    run_rounds(first, LocalGrid(message_app, 6, seed=1), ArrayRecord(INITIAL_WEIGHTS), 3)
+    filter_state = first.state_dict()["schedule"]["0"]["0"]
+    assert len(filter_state["recent_medians"]) == 3 and min(filter_state["recent_medians"]) > 0
+    save_checkpoint(tmp_path / "c.npz", {"strategy": first.state_dict()})
+    second = robust()
+    second.load_state_dict(load_checkpoint(tmp_path / "c.npz")["strategy"])
+    assert second.state_dict() == first.state_dict()
 
 
 def test_global_random_state_is_restored_exactly():

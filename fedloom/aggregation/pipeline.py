@@ -139,7 +139,8 @@ class Pipeline:
         if any(getattr(g, "kind", None) != "filter" for g in guards):
             raise ConfigError(f"guards must be filter stages; got {list(guards)}.")
         started = time.perf_counter()
-        state = RoundState(server_round, global_weights, [], rejected=list(rejected))
+        state = RoundState(server_round, global_weights, [], rejected=list(rejected),
+                           num_received=len(updates))
         for update in updates:
             reason = _structural_problem(update, global_weights)
             if reason is None:

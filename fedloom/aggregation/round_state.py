@@ -47,12 +47,15 @@ class RoundState:
 
     Stages remove updates with :meth:`keep`, set ``coefficients`` (one weight per
     update), record per-update clipping ``scales``, and the reducer sets ``aggregate``.
+    ``num_received`` is how many updates arrived for the pipeline (before any check),
+    so ``num_received - len(updates)`` is how many of them were left out so far.
     """
 
     server_round: int
     global_weights: Sequence[np.ndarray]
     updates: list[ClientUpdate]
     rejected: list[Rejection] = field(default_factory=list)
+    num_received: int = 0
     coefficients: np.ndarray | None = None
     scales: np.ndarray | None = None
     aggregate: list[np.ndarray] | None = None

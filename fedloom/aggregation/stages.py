@@ -68,10 +68,18 @@ class Stage:
 class RejectNormOutliers(Stage):
     """Leave out updates that moved absurdly far from the global model.
 
-    An update is rejected if ``||update - global|| > max_ratio * median`` of the round's
-    norms, or above ``max_norm`` when given. Catches scaled (x10) and noise updates;
-    it runs before weighting so a rejected update cannot dominate a mean. The ratio test
-    needs at least 3 updates (a median of 1 or 2 norms says nothing about outliers).
+    An update is rejected if ``||update - global|| > max_ratio * reference``, or above
+    ``max_norm`` when given. Catches boosted, sign-flipped and noise updates; it runs
+    before weighting so a rejected update cannot dominate a mean.
+
+    ``reference`` is the median of the round's norms. With ``window > 1`` it is the
+    median of the per-round medians of the last ``window`` rounds, this one included:
+    in a round where attackers happen to be the majority of the sample their norms set
+    the round's median, but not the median of several rounds (the history idea of
+    Karimireddy, He, Jaggi 2021, https://arxiv.org/abs/2012.10333). The window's medians
+    are this stage's state (saved by checkpoints). A round's median counts only with at
+    least 3 updates (a median of 1 or 2 norms says nothing about outliers); with no
+    median at all the ratio test is skipped.
 
     ``max_model_ratio`` adds a test that needs no other update: reject
     ``||update - global|| > max_model_ratio * max(||global||, 1)``, i.e. an update that
@@ -83,9 +91,12 @@ class RejectNormOutliers(Stage):
     kind = "filter"
 
     def __init__(self, max_ratio: float = 10.0, max_norm: float | None = None, *,
-                 max_model_ratio: float | None = None, reason: str = "norm_outlier") -> None:
+                 max_model_ratio: float | None = None, window: int = 1,
+                 reason: str = "norm_outlier") -> None:
         if not max_ratio > 1.0:
             raise ConfigError(f"RejectNormOutliers needs max_ratio > 1; got max_ratio={max_ratio}.")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ConfigError(f"RejectNormOutliers needs an integer window >= 1; got window={window!r}.")
         if max_norm is not None and not max_norm > 0:
             raise ConfigError(f"RejectNormOutliers needs max_norm > 0; got max_norm={max_norm}.")
         if max_model_ratio is not None and not max_model_ratio > 0:
@@ -94,13 +105,18 @@ class RejectNormOutliers(Stage):
         self.max_ratio = max_ratio
         self.max_norm = max_norm
         self.max_model_ratio = max_model_ratio
+        self.window = window
         self.reason = reason
+        self._recent_medians: list[float] = []
 
     def __call__(self, state: RoundState) -> None:
         if not state.updates:
             return
         norms = state.delta_norms()
-        limit = self.max_ratio * float(np.median(norms)) if len(norms) > 2 else np.inf
+        medians = [float(np.median(norms))] if len(norms) > 2 else []
+        if self.window > 1:
+            self._recent_medians = medians = [*self._recent_medians, *medians][-self.window:]
+        limit = self.max_ratio * float(np.median(medians)) if medians else np.inf
         if self.max_norm is not None:
             limit = min(limit, self.max_norm)
         if self.max_model_ratio is not None:
@@ -109,6 +125,12 @@ class RejectNormOutliers(Stage):
             limit = min(limit, self.max_model_ratio * max(size, 1.0))
         details = [f"update norm {n:.4g} > limit {limit:.4g}" for n in norms]
         state.keep(norms <= limit, self.reason, details)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"recent_medians": list(self._recent_medians)} if self._recent_medians else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._recent_medians = [float(m) for m in state.get("recent_medians", [])]
 
 
 class ClipNorm(Stage):
@@ -151,11 +173,20 @@ class KrumSelect(Stage):
     reducer: Multi-Krum followed by a mean, or by a weighted mean in a hybrid.
     ``num_selected=None`` keeps ``K - num_byzantine`` of the ``K`` updates (Multi-Krum's
     usual ``m = n - f``).
+
+    ``count_rejected=True`` reads ``num_byzantine`` as the number of bad updates among
+    those that *arrived* this round: each one the earlier stages already left out (a
+    norm filter, NaN/Inf, wrong shapes) is taken as one of them, so Krum assumes
+    ``max(0, num_byzantine - left_out)`` among what it sees. Without it, a norm filter
+    that caught the attackers would leave Krum discarding ``num_byzantine`` honest
+    updates on top. The price: an honest update wrongly left out by a filter lowers
+    Krum's budget by one in that round.
     """
 
     kind = "filter"
 
-    def __init__(self, num_byzantine: int, num_selected: int | None = 1) -> None:
+    def __init__(self, num_byzantine: int, num_selected: int | None = 1, *,
+                 count_rejected: bool = False) -> None:
         if num_byzantine < 0 or (num_selected is not None and num_selected < 1):
             raise ConfigError(
                 f"KrumSelect needs num_byzantine >= 0 and num_selected >= 1; got "
@@ -163,20 +194,24 @@ class KrumSelect(Stage):
             )
         self.num_byzantine = num_byzantine
         self.num_selected = num_selected
+        self.count_rejected = count_rejected
 
     def __call__(self, state: RoundState) -> None:
         state.require_finite()
         num_updates = len(state.updates)
-        num_selected = self.num_selected or max(1, num_updates - self.num_byzantine)
-        needed = max(self.num_byzantine + 3, num_selected)
+        num_byzantine = self.num_byzantine
+        if self.count_rejected:
+            num_byzantine = max(0, num_byzantine - (state.num_received - num_updates))
+        num_selected = self.num_selected or max(1, num_updates - num_byzantine)
+        needed = max(num_byzantine + 3, num_selected)
         if num_updates < needed:
             raise InsufficientUpdates(
-                f"Krum with num_byzantine={self.num_byzantine}, num_selected="
+                f"Krum with num_byzantine={num_byzantine}, num_selected="
                 f"{num_selected} needs at least {needed} valid updates; round "
                 f"{state.server_round} has {num_updates}. Lower num_byzantine or "
                 "sample more clients."
             )
-        selected = multi_krum(state.effective_updates(), self.num_byzantine, num_selected)
+        selected = multi_krum(state.effective_updates(), num_byzantine, num_selected)
         mask = np.zeros(len(state.updates), dtype=bool)
         mask[selected] = True
         state.keep(mask, "krum", ["Krum score not among the lowest"] * len(mask))

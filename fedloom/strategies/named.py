@@ -129,7 +129,8 @@ class HybridMixin:
         num_byzantine: int = 1,
         num_selected: int | None = None,
         weight_by: str = "num_examples",
-        max_norm_ratio: float | None = 10.0,
+        max_norm_ratio: float | None = 2.5,
+        norm_window: int = 5,
         clip_median_multiple: float | None = None,
         **strategy_options: Any,
     ):
@@ -142,6 +143,7 @@ class HybridMixin:
             num_selected=num_selected,
             weight_by=weight_by,
             max_norm_ratio=max_norm_ratio,
+            norm_window=norm_window,
             clip_median_multiple=clip_median_multiple,
         )
         return cls(method, **strategy_options)
