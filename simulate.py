@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from fedloom.errors import ConfigError, DataError  # noqa: E402
 from fedloom.experiment import run_experiment  # noqa: E402
-from fedloom.experiment.settings import check_group_choices  # noqa: E402
+from fedloom.experiment.settings import check_overrides  # noqa: E402
 
 CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
 
@@ -52,8 +52,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    try:  # a wrong group choice (strategy=nope) fails in one line, like other bad settings
-        check_group_choices(sys.argv[1:], CONF)
+    try:  # a wrong group choice or key fails in one line, like other bad settings
+        check_overrides(sys.argv[1:], CONF)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

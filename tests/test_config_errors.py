@@ -39,6 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
         (["dp=central_fixed", "compression=int8"], "dp=central_fixed is not allowed with compression=int8"),
         (["strategy=robust_trimmed", "clients_per_round=2"], "strategy.beta=0.2 trims nothing with clients_per_round=2: a trimmed mean"),
         (["strategy=robust_trimmed", "fraction_train=0.02"], "strategy.beta=0.2 trims nothing with clients_per_round=2"),
+        (["strategy=robust_trimmed", "strategy.norm_window=0"], "strategy.norm_window=0 is not allowed: it must be an integer >= 1"),
+        (["strategy=robust_median", "strategy.max_norm_ratio=0.9"], "strategy.max_norm_ratio=0.9 is not allowed: it must be a number > 1"),
+        (["strategy=robust_krum", "strategy.num_byzantine=-1"], "strategy.num_byzantine=-1 is not allowed: it must be an integer >= 0"),
     ],
 )
 def test_new_settings_are_checked_in_one_line(overrides, message):
@@ -54,6 +57,39 @@ def test_fraction_train_sets_the_clients_per_round_like_fedavg():
     assert strategy.min_train_nodes == 30 and strategy.fraction_train == pytest.approx(0.3)
 
 
+CONF = ROOT / "conf"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["rounds=5"], "rounds=5 is not allowed: 'rounds' is not a fedloom setting (did you mean num_rounds?); known settings: "),
+        (["strategy=robust_trimmed", "strategy.betta=0.1"],
+         "strategy.betta=0.1 is not allowed: conf/strategy/robust_trimmed.yaml has no 'betta' (did you mean beta?)"),
+        (["strategy.beta=0.1"], "strategy.beta=0.1 is not allowed: conf/strategy/weighted.yaml has no 'beta'; its settings: _target_, weight_by"),
+        (["partition=iid", "partition.alpha=0.5"], "partition.alpha=0.5 is not allowed: conf/partition/iid.yaml has no 'alpha'"),
+        (["strategy=fedprox"], "strategy='fedprox' is not allowed: choose one of fedavg, robust_krum, "),
+    ],
+)
+def test_unknown_keys_and_options_on_the_command_line_fail_in_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        settings.check_overrides(overrides, CONF)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["num_rounds=5", "strategy=robust_trimmed", "strategy.beta=0.1", "partition.alpha=0.3"],
+        ["dataset=file", "dataset.path=/data/clients.npz"],  # path is ??? in the file: still a key
+        ["+strategy.server_momentum=0.9", "~plot", "hydra.run.dir=/tmp/run", "-m"],  # left to Hydra
+        ["strategy=simple,robust_trimmed", "strategy.beta=0.1"],  # a sweep: each run checks its own
+    ],
+)
+def test_known_keys_and_hydra_syntax_pass_the_command_line_check(overrides):
+    settings.check_overrides(overrides, CONF)
+
+
 def run_cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "simulate.py"), *args, f"hydra.run.dir={tmp_path}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -66,6 +102,7 @@ def run_cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
         (["num_rounds=-5"], "error: num_rounds=-5 is not allowed: it must be an integer >= 1."),
         (["fraction_train=1.2"], "error: fraction_train=1.2 is not allowed: it must be a number in (0.0, 1.0]."),
         (["strategy=fedprox"], "error: strategy='fedprox' is not allowed: choose one of fedavg, robust_krum, "),
+        (["num_round=5"], "error: num_round=5 is not allowed: 'num_round' is not a fedloom setting (did you mean num_rounds?)"),
         (["strategy=robust_trimmed", "strategy.beta=0.6"], "error: strategy.beta=0.6 is not allowed: it must be in [0, 0.5)."),
         (["strategy=robust_trimmed", "strategy.beta=0.4", "clients_per_round=2"],
          "error: strategy.beta=0.4 trims nothing with clients_per_round=2: a trimmed mean drops"),

@@ -257,7 +257,7 @@ def test_overrides_compose_the_simulation_config_and_bad_ones_say_why():
     cfg = compose_experiment("strategy=fedavg num_rounds=7 dataset.test_fraction=0.3")
     assert cfg["num_rounds"] == 7 and cfg["strategy"]["_target_"].endswith("FederatedAveraging")
     assert split_overrides("a=1 b='x y'") == ["a=1", "b=x y"]
-    with pytest.raises(ConfigError, match="num_round"):
+    with pytest.raises(ConfigError, match=r"'num_round' is not a fedloom setting \(did you mean num_rounds\?\)"):
         compose_experiment("num_round=3")
     with pytest.raises(ConfigError, match="Balance the quotes"):
         compose_experiment("dataset.path='oops")

@@ -40,8 +40,8 @@ def compose_experiment(
 ) -> dict[str, Any]:
     """The resolved experiment config (plain dicts) of ``conf_dir/config.yaml`` + overrides.
 
-    Hydra's own errors (an unknown key, a bad group option) become one-line
-    :class:`ConfigError`; values are checked later by ``fedloom.experiment.settings``.
+    An unknown key or group option is a one-line :class:`ConfigError` naming the nearest
+    known one (``settings.check_overrides``), other Hydra errors one line too; values are checked later by ``fedloom.experiment.settings``.
     """
     conf_dir = Path(conf_dir)
     if not (conf_dir / "config.yaml").is_file():
@@ -55,7 +55,10 @@ def compose_experiment(
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from fedloom.experiment.settings import check_overrides
+
     arguments = split_overrides(overrides)
+    check_overrides(arguments, conf_dir)  # misspelt keys and options, with the nearest one
     try:
         with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base="1.3"):
             cfg = compose(config_name="config", overrides=arguments)

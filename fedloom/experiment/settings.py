@@ -1,15 +1,19 @@
 """Checks of an experiment config, before anything is loaded or trained.
 
-Every error is one line: the key, the bad value, what is allowed. Hydra already refuses
-keys that are not in the config tree (``Could not override 'x'``); this module refuses
-the ones added with ``+key=...`` and bad values.
+Every error is one line: the key, the bad value, what is allowed. :func:`check_overrides`
+refuses command-line keys and group options that the config tree lacks before Hydra does
+(Hydra's own message spans several lines); :func:`validate` refuses the keys added with
+``+key=...`` and bad values.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
 
 from fedloom.errors import ConfigError
 
@@ -17,7 +21,7 @@ __all__ = [
     "validate",
     "resolved",
     "clients_per_round",
-    "check_group_choices",
+    "check_overrides",
     "TOP_LEVEL_KEYS",
     "ENGINES",
 ]
@@ -131,12 +135,35 @@ def validate(cfg: Mapping[str, Any]) -> None:
                 f"(floor({beta} * {per_round}) = 0); raise beta to >= {1 / per_round:.3g} or "
                 "sample more clients."
             )
+    _robust_filter(strategy)
     byzantine = strategy.get("num_byzantine")
     if strategy.get("robust") == "krum" and isinstance(byzantine, int) and per_round < byzantine + 3:
         raise ConfigError(
             f"strategy.num_byzantine={byzantine} needs clients_per_round >= {byzantine + 3} "
             f"for Krum; clients_per_round={per_round}."
         )
+
+
+def _robust_filter(strategy: Mapping[str, Any]) -> None:
+    """The norm filter and Krum settings of ``Hybrid.robust_weighted``, named by their
+    Hydra keys (the stage constructors would name their own parameters)."""
+    if "robust" not in strategy:
+        return
+    ratio = strategy.get("max_norm_ratio")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio <= 1):
+        raise ConfigError(
+            f"strategy.max_norm_ratio={ratio!r} is not allowed: it must be a number > 1 "
+            "(a multiple of the typical update distance), or null to skip the norm filter."
+        )
+    window = strategy.get("norm_window", 1)
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ConfigError(
+            f"strategy.norm_window={window!r} is not allowed: it must be an integer >= 1 "
+            "(rounds the norm filter's reference looks back over)."
+        )
+    byzantine = strategy.get("num_byzantine", 0)
+    if isinstance(byzantine, bool) or not isinstance(byzantine, int) or byzantine < 0:
+        raise ConfigError(f"strategy.num_byzantine={byzantine!r} is not allowed: it must be an integer >= 0.")
 
 
 def _reliability(cfg: Mapping[str, Any], num_clients: int, per_round: int) -> None:
@@ -166,22 +193,27 @@ def _reliability(cfg: Mapping[str, Any], num_clients: int, per_round: int) -> No
         )
 
 
-def check_group_choices(overrides: Sequence[str], conf_dir: str | Path) -> None:
-    """Refuse ``group=option`` command-line overrides that name no
-    ``conf/<group>/<option>.yaml`` (e.g. ``strategy=fedprox``), in one line.
+def check_overrides(overrides: Sequence[str], conf_dir: str | Path) -> None:
+    """Refuse command-line overrides that name no config file or no setting, in one line:
+    a ``group=option`` with no ``conf/<group>/<option>.yaml`` (``strategy=fedprox``), a
+    key that ``conf/config.yaml`` lacks (``rounds=5``, with the nearest known key), or a
+    ``group.key`` that the chosen option lacks (``strategy.betta=0.1``).
 
-    Hydra refuses them too, but with a multi-line message and exit code 1; this runs
-    before Hydra so that a wrong choice fails like every other bad setting.
+    Hydra refuses these too, but with a multi-line message and exit code 1; this runs
+    before Hydra so that they fail like every other bad setting. Overrides that add
+    (``+key``), delete (``~key``) or set Hydra's own settings (``hydra.*``) are left to
+    Hydra.
     """
     conf_dir = Path(conf_dir)
+    root = OmegaConf.load(conf_dir / "config.yaml")
     groups = {p.name for p in conf_dir.iterdir() if p.is_dir()}
-    for argument in overrides:
-        if argument.startswith("-") or "=" not in argument:
+    chosen = {key: value for entry in root.get("defaults", []) if isinstance(entry, Mapping)
+              for key, value in entry.items()}
+    pairs = [arg.split("=", 1) for arg in overrides if "=" in arg and not arg.startswith("-")]
+    for key, value in pairs:
+        if key.lstrip("+~") not in groups or "(" in value:  # leave sweep functions to Hydra
             continue
-        key, value = argument.split("=", 1)
         key = key.lstrip("+~")
-        if key not in groups or "(" in value:  # leave Hydra's sweep functions to Hydra
-            continue
         for option in value.split(","):
             if option and not (conf_dir / key / f"{option}.yaml").is_file():
                 choices = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
@@ -189,3 +221,40 @@ def check_group_choices(overrides: Sequence[str], conf_dir: str | Path) -> None:
                     f"{key}={option!r} is not allowed: choose one of {', '.join(choices)} "
                     f"(conf/{key}/*.yaml)."
                 )
+        chosen[key] = value
+    for key, value in pairs:
+        if key[0] in "+~" or key.startswith("hydra.") or "@" in key or key in groups:
+            continue
+        head, _, rest = key.partition(".")
+        if head not in groups:
+            known = sorted(set(root) - {"defaults", "hydra"} | groups)
+            if head not in known:
+                raise ConfigError(f"{key}={value} is not allowed: {head!r} is not a fedloom "
+                                  f"setting{_nearest(head, known)}; known settings: {', '.join(known)}.")
+            continue
+        option = chosen.get(head)
+        if not option or "," in option or "(" in option:
+            continue  # a sweep over options: each run's own config decides
+        node = OmegaConf.load(conf_dir / head / f"{option}.yaml")
+        if not _has_key(node, rest):
+            known = sorted(str(k) for k in node)
+            raise ConfigError(
+                f"{key}={value} is not allowed: conf/{head}/{option}.yaml has no {rest!r}"
+                f"{_nearest(rest, known)}; its settings: {', '.join(known)} "
+                f"(add a new one with +{key}=...)."
+            )
+
+
+def _has_key(node: Any, dotted: str) -> bool:
+    """Whether ``dotted`` names a key of ``node``, also one whose value is ``???``."""
+    node = OmegaConf.to_container(node)  # "???" stays a string, not a missing key
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _nearest(name: str, known: Sequence[str]) -> str:
+    match = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {match[0]}?)" if match else ""
