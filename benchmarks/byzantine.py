@@ -12,8 +12,9 @@ chosen by the seed, attack in every round they are sampled (``fedloom.attacks``)
 Strategies: plain averaging (``weighted``: by example count, ``simple``: uniform) and
 the robust hybrids of ``conf/strategy/`` with their defaults: a norm filter (reject an
 update farther than 2.5x the median distance of the last 5 rounds) followed by a
-size-weighted trimmed mean (``robust_trimmed``, beta=0.2), the coordinate-wise median
-(``robust_median``) or Multi-Krum (``robust_krum``, ``num_byzantine=3``: 20% attackers
+size-weighted trimmed mean (``robust_trimmed``, beta=0.2) or the coordinate-wise median
+(``robust_median``), both over the means of random pairs of updates (``bucket_size=2``),
+or Multi-Krum (``robust_krum``, ``num_byzantine=3``: 20% attackers
 among 100 clients means 3 or more attackers in 32% of the rounds that sample 10; updates
 the filter rejected count against it). Each cell is the final accuracy averaged over
 ``--seeds`` (the seed moves the partition, the attackers, the sampling and the model's

@@ -15,7 +15,8 @@ Each strategy config of ``conf/strategy/`` runs on each setup (robust ones with 
 the client count allows), plus int8 and top-k (10%) compression of ``weighted`` on digits
 and Fashion-MNIST. Each setup gets a report (``fedloom.report``): a plot of accuracy per
 round and per megabyte, and a table. Everything lands in ``benchmarks/results/``:
-``convergence.md`` (all tables), ``convergence.json`` and ``convergence_<setup>.png``.
+``convergence.md`` (all tables), ``convergence.json`` and ``convergence_<setup>.png``;
+a run with ``--setups`` replaces those setups' tables and keeps the others.
 
 Run: ``python benchmarks/convergence.py`` (all; tens of minutes on 2 cores) or
 ``--setups digits,heart --rounds-scale 0.5``.
@@ -48,7 +49,8 @@ SETUPS = {
     "heart": {"rounds": 50, "target": 0.8, "compression": False, "overrides": [
         "dataset=heart_disease", "partition=natural", "num_clients=4", "clients_per_round=4",
         "model=logreg", "local_epochs=1", "batch_size=10", "learning_rate=0.05"],
-        "strategy_overrides": {"robust_trimmed": ["strategy.beta=0.25"],
+        "strategy_overrides": {"robust_trimmed": ["strategy.beta=0.25", "strategy.bucket_size=1"],
+                               "robust_median": ["strategy.bucket_size=1"],
                                "robust_krum": ["strategy.num_byzantine=1"]}},
     "synthetic": {"rounds": 100, "target": 0.6, "compression": False, "overrides": [
         "dataset=synthetic", "partition=natural", "num_clients=30", "clients_per_round=10",
@@ -119,22 +121,27 @@ def main() -> None:
     parser.add_argument("--work", default=str(RESULTS / "convergence"))
     args = parser.parse_args()
     work = Path(args.work)
-    report = {"date": date.today().isoformat(),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-              "setups": {}}
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    report = {"date": date.today().isoformat(), "machine": machine, "setups": {}}
+    previous = RESULTS / "convergence.json"
+    if previous.is_file():  # --setups reruns some setups; the others keep their tables
+        report["setups"] = json.loads(previous.read_text()).get("setups", {})
     for name in args.setups.split(","):
         setup = SETUPS[name]
         rounds = max(1, round(setup["rounds"] * args.rounds_scale))
         shutil.rmtree(work / name, ignore_errors=True)
         result = run_setup(name, setup, rounds, work)
         result["compression"] = compression_checks(result)
+        result["date"], result["machine"] = report["date"], machine
         report["setups"][name] = result
         print(result["table"], flush=True)
         if result["compression"]:
             print(json.dumps(result["compression"], indent=1), flush=True)
-    markdown = [f"Measured {report['date']} on {report['machine']} (`python benchmarks/convergence.py`).\n"]
+    markdown = ["Each table: `python benchmarks/convergence.py --setups <name>`, measured on the "
+                "date and machine below its title.\n"]
     for name, result in report["setups"].items():
         markdown.append(f"### {name} ({result['rounds']} rounds; `{' '.join(result['overrides'])}`)\n")
+        markdown.append(f"Measured {result.get('date', '?')} on {result.get('machine', '?')}.\n")
         markdown.append(result["table"])
         for label, check in result["compression"].items():
             markdown.append(f"- {label}: {check['bytes_up_ratio']:.2f}x fewer bytes up, accuracy "

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fedloom.aggregation import (
+    Bucket,
     ClientUpdate,
     ClipNorm,
     CoordinateMedian,
@@ -301,6 +302,60 @@ def test_krum_counts_filtered_updates_against_its_byzantine_budget():
     partly = Pipeline(*stages, KrumSelect(num_byzantine=3, num_selected=None, count_rejected=True),
                       Mean())(GLOBAL, updates)
     assert partly.rejected_counts() == {"norm_outlier": 2, "krum": 1}
+
+
+def test_buckets_keep_the_weighted_mean_and_report_every_client():
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal((9, 2)).tolist()
+    sizes = [3, 1, 4, 1, 5, 9, 2, 6, 5]
+    updates = client_updates(values, num_examples=sizes, quality=[0.5] * 9)
+    plain = Pipeline(WeightBy("num_examples"), Mean())(GLOBAL, updates, server_round=4)
+    grouped = Pipeline(Bucket(2), WeightBy("num_examples"), Mean())(GLOBAL, updates, server_round=4)
+    np.testing.assert_allclose(grouped.weights[0], plain.weights[0], rtol=1e-5)
+    assert sorted(grouped.used) == sorted(plain.used)  # 5 groups (the last of one), 9 clients
+    share = dict(zip(grouped.used, grouped.coefficients))
+    np.testing.assert_allclose([share[c] for c in plain.used], plain.coefficients)
+    again = Pipeline(Bucket(2), WeightBy("num_examples"), Mean())(GLOBAL, updates, server_round=4)
+    other = Pipeline(Bucket(2), WeightBy("num_examples"), Mean())(GLOBAL, updates, server_round=5)
+    assert again.used == grouped.used != other.used  # groups drawn from (seed, round)
+    quality = Pipeline(Bucket(3), WeightBy("quality"), Mean())(GLOBAL, updates, server_round=4)
+    assert quality.rejected == [] and len(quality.used) == 9  # groups carry their quality
+    with pytest.raises(ConfigError, match="integer size >= 1"):
+        Bucket(0)
+
+
+def test_a_rejected_group_rejects_each_member_and_krum_counts_groups():
+    cluster = [[1, 1], [1.1, 1], [1, 1.1], [0.9, 1], [1, 0.9], [1.05, 1.05], [0.95, 1], [1, 1.05]]
+    updates = client_updates(cluster + [[40, 40], [-2, 2]])  # a boosted and a small bad update
+    result = Pipeline(RejectNormOutliers(max_ratio=3), Bucket(2),
+                      KrumSelect(num_byzantine=2, num_selected=None, count_rejected=True),
+                      Mean())(GLOBAL, updates, server_round=1)
+    # the filter caught c8, so Krum expects 1 bad group among the 5 groups of 9 updates
+    assert result.rejected_counts()["norm_outlier"] == 1
+    krum = [r for r in result.rejected if r.reason == "krum"]
+    assert "c9" in {r.client_id for r in krum} and len({r.detail for r in krum}) == 1
+    assert len(result.used) + len(krum) == 9 and "c9" not in result.used
+    np.testing.assert_allclose(result.weights[0], [1, 1], atol=0.1)
+
+
+def test_buckets_let_the_median_follow_dissimilar_honest_clients():
+    # two kinds of honest clients, 6 near 0 and 4 near 10: the median of single updates
+    # sits with the larger kind, the median of random pairs moves towards the mean (4)
+    updates = client_updates([[0, 0]] * 6 + [[10, 10]] * 4)
+    single = Pipeline(CoordinateMedian())(GLOBAL, updates).weights[0]
+    pairs = [Pipeline(Bucket(2, seed=s), CoordinateMedian())(GLOBAL, updates, server_round=1).weights[0]
+             for s in range(20)]
+    assert single.tolist() == [0, 0]
+    assert 2 < float(np.mean(pairs)) < 6
+    with_attacker = client_updates([[1, 1]] * 9 + [[1e6, -1e6]])
+    robust = Pipeline(Bucket(2), CoordinateMedian())(GLOBAL, with_attacker, server_round=1)
+    np.testing.assert_allclose(robust.weights[0], [1, 1])  # one bad update spoils one group
+
+
+def test_grouped_clients_count_towards_min_updates():
+    updates = client_updates([[1, 1]] * 6)
+    result = Pipeline(Bucket(3), Mean())(GLOBAL, updates, server_round=1, min_updates=6)
+    assert result.weights is not None and len(result.used) == 6
 
 
 def test_robust_reducers_in_pipelines():

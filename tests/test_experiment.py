@@ -73,7 +73,7 @@ def test_hydra_refuses_keys_outside_the_tree():
 
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_every_shipped_strategy_runs_and_writes_history_and_plot(name, tmp_path):
-    cfg = config(f"strategy={name}", "num_rounds=3", "num_clients=20", "clients_per_round=6")
+    cfg = config(f"strategy={name}", "num_rounds=3", "num_clients=20", "clients_per_round=10")
     records = run_experiment(cfg, tmp_path)
     assert [r["round"] for r in records] == [0, 1, 2, 3]
     saved = json.loads((tmp_path / "history.json").read_text())

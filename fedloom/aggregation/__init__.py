@@ -20,6 +20,7 @@ from fedloom.aggregation.robust import (
 from fedloom.aggregation.round_state import ClientUpdate, Rejection, RoundState
 from fedloom.aggregation.server_step import server_update
 from fedloom.aggregation.stages import (
+    Bucket,
     ClipNorm,
     CoordinateMedian,
     KrumSelect,
@@ -40,6 +41,7 @@ from fedloom.aggregation.weighting import (
 __all__ = [
     "REASONS",
     "AggregationResult",
+    "Bucket",
     "ClientUpdate",
     "ClipNorm",
     "CoordinateMedian",

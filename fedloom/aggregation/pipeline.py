@@ -163,10 +163,11 @@ class Pipeline:
         coefficients = state.coefficients
         if coefficients is None or any(s.kind == "reducer" and not _uses_weights(s) for s in self.stages):
             coefficients = np.ones(len(state.updates))
+        used, coefficients = state.clients(coefficients)
         total = float(np.sum(coefficients))
         return AggregationResult(
             weights=None if skipped else state.aggregate,
-            used=[] if skipped else [u.client_id for u in state.updates],
+            used=[] if skipped else used,
             coefficients=[] if skipped or total == 0 else (coefficients / total).tolist(),
             rejected=state.rejected,
             skipped_reason=skipped,
@@ -237,9 +238,10 @@ def _run_in_one_pass(state: RoundState, stages: Sequence[Stage], min_updates: in
 
 def _require_enough(state: RoundState, min_updates: int) -> None:
     needed = max(min_updates, 1)
-    if len(state.updates) < needed:
+    have = len(state.clients()[0])  # clients, also when their updates were grouped
+    if have < needed:
         raise InsufficientUpdates(
-            f"round {state.server_round}: {len(state.updates)} valid updates, {needed} "
+            f"round {state.server_round}: {have} valid updates, {needed} "
             "needed; the global model is kept"
         )
 

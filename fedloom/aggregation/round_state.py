@@ -49,6 +49,10 @@ class RoundState:
     update), record per-update clipping ``scales``, and the reducer sets ``aggregate``.
     ``num_received`` is how many updates arrived for the pipeline (before any check),
     so ``num_received - len(updates)`` is how many of them were left out so far.
+
+    ``groups`` maps the id of an update that stands for several clients (the mean of a
+    group, see :class:`~fedloom.aggregation.stages.Bucket`) to its members and their
+    ``num_examples``; rejecting it rejects each member, and :meth:`clients` lists them.
     """
 
     server_round: int
@@ -60,6 +64,7 @@ class RoundState:
     scales: np.ndarray | None = None
     aggregate: list[np.ndarray] | None = None
     finite_checked: bool = False
+    groups: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     _norms: np.ndarray | None = None
 
     def keep(self, mask: Sequence[bool] | np.ndarray, reason: str, details: Sequence[str]) -> None:
@@ -69,8 +74,12 @@ class RoundState:
         """
         mask = np.asarray(mask, dtype=bool)
         for update, keep_it, detail in zip(self.updates, mask, details):
-            if not keep_it:
-                self.rejected.append(Rejection(update.client_id, reason, detail))
+            if keep_it:
+                continue
+            if update.client_id in self.groups:
+                detail = f"{detail} (group {update.client_id})"
+            for client_id, _ in self.members(update):
+                self.rejected.append(Rejection(client_id, reason, detail))
         self.updates = [u for u, k in zip(self.updates, mask) if k]
         if self.coefficients is not None:
             self.coefficients = self.coefficients[mask]
@@ -78,6 +87,24 @@ class RoundState:
             self.scales = self.scales[mask]
         if self._norms is not None:
             self._norms = self._norms[mask]
+
+    def members(self, update: ClientUpdate) -> list[tuple[str, float]]:
+        """``(client_id, num_examples)`` of the clients behind ``update``."""
+        return self.groups.get(update.client_id, [(update.client_id, update.num_examples)])
+
+    def clients(self, coefficients: np.ndarray | None = None) -> tuple[list[str], np.ndarray]:
+        """The clients behind the current updates, and each one's share of
+        ``coefficients`` (one per update; within a group, by ``num_examples``)."""
+        if coefficients is None:
+            coefficients = np.ones(len(self.updates))
+        ids, shares = [], []
+        for update, coefficient in zip(self.updates, coefficients):
+            members = self.members(update)
+            sizes = np.array([n for _, n in members], dtype=np.float64)
+            split = sizes / sizes.sum() if sizes.sum() > 0 else np.full(len(members), 1 / len(members))
+            ids += [client_id for client_id, _ in members]
+            shares += list(coefficient * split)
+        return ids, np.asarray(shares, dtype=np.float64)
 
     def require_finite(self) -> None:
         """Reject every update holding NaN/Inf (one pass over the data, done once)."""

@@ -34,6 +34,7 @@ __all__ = [
     "Stage",
     "RejectNormOutliers",
     "ClipNorm",
+    "Bucket",
     "KrumSelect",
     "WeightBy",
     "Mean",
@@ -215,6 +216,67 @@ class KrumSelect(Stage):
         mask = np.zeros(len(state.updates), dtype=bool)
         mask[selected] = True
         state.keep(mask, "krum", ["Krum score not among the lowest"] * len(mask))
+
+
+class Bucket(Stage):
+    """Average random groups of ``size`` updates, so the robust rule sees group means.
+
+    Bucketing (Karimireddy, He, Jaggi 2022, https://arxiv.org/abs/2006.09365): robust
+    rules assume honest updates are alike, which non-IID clients are not; the mean of
+    ``size`` random updates varies ``sqrt(size)`` times less, while one bad update
+    still spoils at most one group. The last group is smaller when ``size`` does not
+    divide the number of updates. Each group's mean is weighted by ``num_examples`` and
+    carries their sum and the same-weighted mean of its members' numeric metrics, so a
+    later ``WeightBy`` weighs groups by data size or quality. Groups are drawn from
+    ``seed`` and the round number (no state). Rejecting a group later rejects each of
+    its members, and the round's ``used`` clients are the members of the kept groups.
+
+    From here on a group counts as one update: ``state.num_received`` becomes the
+    updates left out before plus the groups, so a later ``KrumSelect(count_rejected=
+    True)`` reads ``num_byzantine`` as bad groups (at most one per attacker).
+    """
+
+    kind = "filter"
+
+    def __init__(self, size: int = 2, *, seed: int = 0) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"Bucket needs an integer size >= 1; got size={size!r}.")
+        self.size = size
+        self.seed = seed
+
+    def __call__(self, state: RoundState) -> None:
+        if self.size == 1 or len(state.updates) < 2:
+            return
+        state.require_finite()
+        updates = state.effective_updates()
+        order = np.random.default_rng([self.seed, state.server_round]).permutation(len(updates))
+        groups = [order[i:i + self.size] for i in range(0, len(order), self.size)]
+        buckets = []
+        for group in groups:
+            members = [m for i in group for m in state.members(state.updates[i])]
+            sizes = np.array([state.updates[i].num_examples for i in group], dtype=np.float64)
+            weights = sizes if sizes.sum() > 0 else np.ones(len(group))
+            mean = weighted_mean([updates[i] for i in group], weights)
+            name = "+".join(str(client_id) for client_id, _ in members)
+            state.groups[name] = members
+            buckets.append(ClientUpdate(name, mean, float(sizes.sum()),
+                                        _mean_metrics([state.updates[i].metrics for i in group], weights)))
+        left_out = state.num_received - len(state.updates)
+        state.updates, state.scales, state.coefficients, state._norms = buckets, None, None, None
+        state.num_received = left_out + len(buckets)  # a group counts as one from here on
+
+
+def _mean_metrics(metrics: list[Mapping[str, Any]], weights: np.ndarray) -> dict[str, float]:
+    """Per metric key, the ``weights``-weighted mean over the members reporting it as a
+    finite number (a member without it does not take the group's value away)."""
+    means = {}
+    for key in sorted({key for m in metrics for key in m}):
+        pairs = [(float(m[key]), w) for m, w in zip(metrics, weights) if _is_number(m.get(key))]
+        if pairs:
+            values, member_weights = zip(*pairs)
+            total = sum(member_weights)
+            means[key] = float(np.average(values, weights=member_weights if total > 0 else None))
+    return means
 
 
 # --------------------------------------------------------------------------- weighting

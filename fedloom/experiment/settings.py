@@ -119,28 +119,36 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             "strategy has no _target_: pick one of conf/strategy/*.yaml, e.g. strategy=weighted."
         )
+    _robust_filter(strategy)
+    bucket = strategy.get("bucket_size", 1) if "robust" in strategy else 1
+    groups = -(-per_round // bucket)  # what the robust rule sees: ceil(K / bucket_size)
     beta = strategy.get("beta")
     if strategy.get("robust") == "trimmed_mean" and isinstance(beta, (int, float)):
         if not 0 <= beta < 0.5:
             raise ConfigError(f"strategy.beta={beta} is not allowed: it must be in [0, 0.5).")
-        if int(beta * per_round) == 0 and beta > 0 and per_round < 3:
+        seen = f"clients_per_round={per_round}" + (
+            f" (strategy.bucket_size={bucket}: {groups} group{'s' * (groups != 1)})" if bucket > 1 else "")
+        if int(beta * groups) == 0 and beta > 0 and groups < 3:
             raise ConfigError(
-                f"strategy.beta={beta} trims nothing with clients_per_round={per_round}: a trimmed "
+                f"strategy.beta={beta} trims nothing with {seen}: a trimmed "
                 "mean drops floor(beta * K) < K / 2 updates at each end, so it needs "
-                "clients_per_round >= 3. Sample more clients or use strategy=robust_median."
+                "at least 3 updates (or groups). Sample more clients, lower "
+                "strategy.bucket_size or use strategy=robust_median."
             )
-        if int(beta * per_round) == 0 and beta > 0:
+        if int(beta * groups) == 0 and beta > 0:
             raise ConfigError(
-                f"strategy.beta={beta} trims nothing with clients_per_round={per_round} "
-                f"(floor({beta} * {per_round}) = 0); raise beta to >= {1 / per_round:.3g} or "
-                "sample more clients."
+                f"strategy.beta={beta} trims nothing with {seen} "
+                f"(floor({beta} * {groups}) = 0); raise beta to >= {1 / groups:.3g}"
+                + (", lower strategy.bucket_size" if bucket > 1 else "") + " or sample more clients."
             )
-    _robust_filter(strategy)
     byzantine = strategy.get("num_byzantine")
-    if strategy.get("robust") == "krum" and isinstance(byzantine, int) and per_round < byzantine + 3:
+    if strategy.get("robust") == "krum" and isinstance(byzantine, int) and groups < byzantine + 3:
+        needed = f"clients_per_round >= {byzantine + 3}" if bucket == 1 else (
+            f"{byzantine + 3} groups, i.e. clients_per_round >= {(byzantine + 2) * bucket + 1} "
+            f"with strategy.bucket_size={bucket}")
         raise ConfigError(
-            f"strategy.num_byzantine={byzantine} needs clients_per_round >= {byzantine + 3} "
-            f"for Krum; clients_per_round={per_round}."
+            f"strategy.num_byzantine={byzantine} needs {needed} for Krum; "
+            f"clients_per_round={per_round}."
         )
 
 
@@ -160,6 +168,12 @@ def _robust_filter(strategy: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"strategy.norm_window={window!r} is not allowed: it must be an integer >= 1 "
             "(rounds the norm filter's reference looks back over)."
+        )
+    bucket = strategy.get("bucket_size", 1)
+    if isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 1:
+        raise ConfigError(
+            f"strategy.bucket_size={bucket!r} is not allowed: it must be an integer >= 1 "
+            "(updates averaged into each group before the robust rule; 1: no groups)."
         )
     byzantine = strategy.get("num_byzantine", 0)
     if isinstance(byzantine, bool) or not isinstance(byzantine, int) or byzantine < 0:

@@ -132,6 +132,7 @@ class HybridMixin:
         max_norm_ratio: float | None = 2.5,
         norm_window: int = 5,
         clip_median_multiple: float | None = None,
+        bucket_size: int = 1,
         **strategy_options: Any,
     ):
         """Robust filtering (trimmed mean, Krum or median), then weighting; see
@@ -145,6 +146,7 @@ class HybridMixin:
             max_norm_ratio=max_norm_ratio,
             norm_window=norm_window,
             clip_median_multiple=clip_median_multiple,
+            bucket_size=bucket_size,
         )
         return cls(method, **strategy_options)
 
