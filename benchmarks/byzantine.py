@@ -16,7 +16,8 @@ size-weighted trimmed mean (``robust_trimmed``, beta=0.2) or the coordinate-wise
 (``robust_median``), both over the means of random pairs of updates (``bucket_size=2``),
 or Multi-Krum (``robust_krum``, ``num_byzantine=3``: 20% attackers
 among 100 clients means 3 or more attackers in 32% of the rounds that sample 10; updates
-the filter rejected count against it). Each cell is the final accuracy averaged over
+the filter rejected count against it) or centred clipping around the last round's step
+(``robust_centered_clip``, radius 1x the round's median distance, weighted by size). Each cell is the final accuracy averaged over
 ``--seeds`` (the seed moves the partition, the attackers, the sampling and the model's
 start).
 
@@ -53,7 +54,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-STRATEGIES = ["weighted", "simple", "robust_trimmed", "robust_median", "robust_krum"]
+STRATEGIES = ["weighted", "simple", "robust_trimmed", "robust_median", "robust_krum", "robust_centered_clip"]
 ATTACKS = {  # column -> Hydra overrides
     "none": ["attack=none"],
     "sign_flip": ["attack=sign_flip"],

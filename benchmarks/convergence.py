@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 STRATEGIES = ["simple", "weighted", "weighted_quality", "size_quality", "fedavg",
-              "warmup_fedavg", "robust_trimmed", "robust_krum", "robust_median"]
+              "warmup_fedavg", "robust_trimmed", "robust_krum", "robust_median", "robust_centered_clip"]
 
 SETUPS = {
     "digits": {"rounds": 100, "target": 0.85, "compression": True, "overrides": [

@@ -7,6 +7,7 @@ import pytest
 
 from fedloom.aggregation import (
     Bucket,
+    CenteredClip,
     ClientUpdate,
     ClipNorm,
     CoordinateMedian,
@@ -18,6 +19,7 @@ from fedloom.aggregation import (
     ServerStep,
     TrimmedMean,
     WeightBy,
+    centered_clip,
     clip_to_norm,
     coordinate_median,
     multi_krum,
@@ -52,6 +54,7 @@ RULES = {
     "trimmed_mean": (lambda u, w: trimmed_mean(u, 0.2), False),
     "trimmed_mean_weighted": (lambda u, w: trimmed_mean(u, 0.2, w), True),
     "multi_krum_mean": (krum_then_mean, True),
+    "centered_clip": (lambda u, w: centered_clip(u, coordinate_median(u), 1.0, w), True),
 }
 
 
@@ -160,6 +163,35 @@ def test_hand_computed_krum_picks_the_cluster():
     assert sorted(selected.tolist()) == [0, 1, 2]
     with pytest.raises(ValueError, match="needs at least 5 client updates; received 4"):
         multi_krum(points, num_byzantine=2)
+
+
+def test_hand_computed_centered_clipping_bounds_a_far_update():
+    points = [[np.array([v])] for v in (0.0, 0.0, 0.0, 100.0)]
+    # one iteration: c = 0 + 1/4 * clip(100 - 0, radius 1) = 0.25
+    assert centered_clip(points, [np.array([0.0])], 1.0, iterations=1)[0][0] == pytest.approx(0.25)
+    for far in (100.0, 1e6, -1e9):  # however far the update, it moves c by <= w * radius per step
+        result = centered_clip([*points[:3], [np.array([far])]], [np.array([0.0])], 1.0, iterations=3)
+        assert abs(result[0][0]) <= 3 * 0.25 + 1e-12
+    with pytest.raises(ValueError, match="radius > 0 and iterations >= 1"):
+        centered_clip(points, [np.array([0.0])], 0.0)
+
+
+def test_centered_clip_stage_starts_from_the_last_step_and_saves_it():
+    first = client_updates([[1, 1]] * 3)  # everybody moves the model by (1, 1)
+    stage = CenteredClip()
+    Pipeline(stage)(GLOBAL, first)
+    np.testing.assert_allclose(stage.state_dict()["step"][0], [1, 1])
+    moved = [np.ones(2, np.float32)]
+    # honest clients step (1, 1) again, one attacker pulls back hard; the centre (2, 2)
+    # is where the last step leads, and the median distance from it is 0
+    second = [ClientUpdate(f"c{k}", [np.full(2, 2.0, np.float32)], 1) for k in range(3)]
+    second.append(ClientUpdate("bad", [np.full(2, -100.0, np.float32)], 1))
+    resumed = CenteredClip()
+    resumed.load_state_dict(stage.state_dict())
+    result = Pipeline(resumed)(moved, second)
+    np.testing.assert_allclose(result.weights[0], [2, 2])
+    with pytest.raises(ConfigError, match="median_multiple > 0"):
+        CenteredClip(median_multiple=0)
 
 
 def test_hand_computed_clipping_and_norms():

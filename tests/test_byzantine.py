@@ -60,7 +60,7 @@ def test_attackers_are_chosen_by_seed_and_poison_their_replies():
 
 
 COMMON = ("num_clients=20", "clients_per_round=10", "num_rounds=30", "plot=false", "checkpoint_every=0")
-ROBUST = ("robust_trimmed", "robust_median", "robust_krum")
+ROBUST = ("robust_trimmed", "robust_median", "robust_krum", "robust_centered_clip")
 ATTACKS = {"none": ("attack=none",), "sign_flip": ("attack=sign_flip",), "scaling": ("attack=scaling",),
            "noise": ("attack=noise",), "sign_flip_x2": ("attack=sign_flip", "attack.scale=2")}
 RUNS = {
@@ -101,8 +101,8 @@ def test_robust_hybrids_stay_within_two_points(accuracy, robust, attack):
 def test_a_flip_small_enough_to_pass_the_norm_filter(accuracy):
     """Sign flipping x2 slips under the norm filter (2.5x the median distance), so the
     robust rule itself must act: Multi-Krum holds; the coordinate-wise median and
-    trimmed mean bend on non-IID data but stay far above plain averaging
-    (benchmarks/byzantine.py, column sign_flip_x2)."""
+    trimmed mean and centred clipping bend on non-IID data but stay far above plain
+    averaging (benchmarks/byzantine.py, column sign_flip_x2)."""
     assert accuracy["robust_krum", "sign_flip_x2"] >= accuracy["robust_krum", "none"] - 0.02
-    for robust in ("robust_trimmed", "robust_median"):
+    for robust in ("robust_trimmed", "robust_median", "robust_centered_clip"):
         assert accuracy[robust, "sign_flip_x2"] > accuracy["weighted", "sign_flip_x2"] + 0.2

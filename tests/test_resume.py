@@ -103,6 +103,32 @@ def test_norm_filter_history_round_trips_through_a_checkpoint_file(tmp_path):
     assert second.state_dict() == first.state_dict()
 
 
+def test_centred_clipping_resumes_from_its_last_step_bit_for_bit(tmp_path):
+    def robust():
+        return Hybrid.robust_weighted("centered_clip", min_available_nodes=6, fraction_evaluate=0.0)
+
+    whole = run_rounds(robust(), LocalGrid(message_app, 6, seed=1), ArrayRecord(INITIAL_WEIGHTS), 6)
+    first, saved = robust(), {}
+
+    def keep(server_round, arrays, result):
+        if server_round == 3:
+            saved.update(arrays=arrays.to_numpy_ndarrays(), strategy=first.state_dict())
+
+    run_rounds(first, LocalGrid(message_app, 6, seed=1), ArrayRecord(INITIAL_WEIGHTS), 3, on_round_end=keep)
+    assert "step" in saved["strategy"]["schedule"]["0"]["2"]  # filter, weighting, centred clip
+    save_checkpoint(tmp_path / "c.npz", saved)
+    loaded = load_checkpoint(tmp_path / "c.npz")
+    second = robust()
+    second.load_state_dict(loaded["strategy"])
+    rest = run_rounds(second, LocalGrid(message_app, 6, seed=1), ArrayRecord(loaded["arrays"]), 6,
+                      first_round=4)
+    for a, b in zip(final(whole), final(rest)):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    fresh = run_rounds(robust(), LocalGrid(message_app, 6, seed=1), ArrayRecord(loaded["arrays"]), 6,
+                       first_round=4)
+    assert not np.array_equal(final(whole)[0], final(fresh)[0])
+
+
 def test_global_random_state_is_restored_exactly():
     state = global_random_state()
     expected = np.random.normal(size=3)

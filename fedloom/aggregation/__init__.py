@@ -9,6 +9,7 @@ from fedloom.aggregation.checks import REASONS, check_finite, check_update
 from fedloom.aggregation.mean import unweighted_mean, weighted_mean
 from fedloom.aggregation.pipeline import AggregationResult, Pipeline, Schedule
 from fedloom.aggregation.robust import (
+    centered_clip,
     clip_to_norm,
     coordinate_median,
     krum_scores,
@@ -21,6 +22,7 @@ from fedloom.aggregation.round_state import ClientUpdate, Rejection, RoundState
 from fedloom.aggregation.server_step import server_update
 from fedloom.aggregation.stages import (
     Bucket,
+    CenteredClip,
     ClipNorm,
     CoordinateMedian,
     KrumSelect,
@@ -42,6 +44,7 @@ __all__ = [
     "REASONS",
     "AggregationResult",
     "Bucket",
+    "CenteredClip",
     "ClientUpdate",
     "ClipNorm",
     "CoordinateMedian",
@@ -56,6 +59,7 @@ __all__ = [
     "Stage",
     "TrimmedMean",
     "WeightBy",
+    "centered_clip",
     "check_finite",
     "check_update",
     "clip_to_norm",

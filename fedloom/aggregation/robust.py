@@ -5,6 +5,8 @@
   https://arxiv.org/abs/1803.01498.
 - Krum and Multi-Krum: Blanchard, El Mhamdi, Guerraoui, Stainer 2017, "Machine Learning
   with Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017.
+- Centred clipping: Karimireddy, He, Jaggi 2021, "Learning from History for Byzantine
+  Robust Optimization", ICML 2021, https://arxiv.org/abs/2012.10333.
 - Norm clipping of the update (client weights minus global weights), as in DP-FedAvg
   (McMahan, Ramage, Talwar, Zhang 2018, https://arxiv.org/abs/1710.06963) and as a
   defence against scaled updates (Sun et al. 2019, https://arxiv.org/abs/1911.07963).
@@ -21,7 +23,7 @@ import numpy as np
 
 from fedloom.aggregation._blocks import cast_like, flat_views, iter_blocks
 from fedloom.aggregation.checks import check_same_structure, normalise_weights
-from fedloom.aggregation.mean import squared_distances
+from fedloom.aggregation.mean import squared_distances, weighted_mean
 
 __all__ = [
     "coordinate_median",
@@ -32,6 +34,7 @@ __all__ = [
     "multi_krum",
     "update_norms",
     "clip_to_norm",
+    "centered_clip",
 ]
 
 
@@ -182,3 +185,34 @@ def clip_to_norm(
         cast_like(ref + scale * (np.asarray(arr, dtype=np.float64) - ref), arr)
         for arr, ref in zip(update, reference)
     ]
+
+
+def centered_clip(
+    updates: Sequence[Sequence[np.ndarray]],
+    center: Sequence[np.ndarray],
+    radius: float,
+    weights: Sequence[float] | np.ndarray | None = None,
+    iterations: int = 3,
+) -> list[np.ndarray]:
+    """Centred clipping (Karimireddy, He, Jaggi 2021, "Learning from History for
+    Byzantine Robust Optimization", https://arxiv.org/abs/2012.10333).
+
+    Starting from ``center``, ``iterations`` times: ``c <- c + sum_k w_k clip(u_k - c,
+    radius)``, where ``clip`` scales a vector down to L2 norm ``radius`` (the whole
+    update, all arrays together). An update farther than ``radius`` from the centre
+    moves it by at most ``w_k * radius``, however far it is.
+
+    Each iteration is one pass for the distances and one weighted mean of the updates
+    and ``c`` (so no clipped copy is made). Returns arrays in the updates' dtypes.
+    """
+    check_same_structure(updates)
+    if not radius > 0 or iterations < 1:
+        raise ValueError(f"centered_clip needs radius > 0 and iterations >= 1; received "
+                         f"radius={radius}, iterations={iterations}.")
+    num_updates = len(updates)
+    w = np.full(num_updates, 1.0 / num_updates) if weights is None else normalise_weights(weights, num_updates)
+    for _ in range(iterations):
+        distances = np.sqrt(squared_distances(updates, center))
+        pull = w * np.minimum(1.0, radius / np.maximum(distances, 1e-300))
+        center = weighted_mean([*updates, center], np.append(pull, max(0.0, 1.0 - pull.sum())))
+    return list(center)

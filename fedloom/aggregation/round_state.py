@@ -88,6 +88,15 @@ class RoundState:
         if self._norms is not None:
             self._norms = self._norms[mask]
 
+    def replace_updates(self, updates: list[ClientUpdate]) -> None:
+        """Put ``updates`` (e.g. group means) in place of the current ones. Coefficients,
+        clipping scales and cached norms belonged to the old ones and are cleared;
+        ``num_received`` counts each new update as one received (the ones left out
+        before still count as left out)."""
+        left_out = self.num_received - len(self.updates)
+        self.updates, self.num_received = list(updates), left_out + len(updates)
+        self.coefficients = self.scales = self._norms = None
+
     def members(self, update: ClientUpdate) -> list[tuple[str, float]]:
         """``(client_id, num_examples)`` of the clients behind ``update``."""
         return self.groups.get(update.client_id, [(update.client_id, update.num_examples)])

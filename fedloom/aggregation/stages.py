@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fedloom.aggregation.mean import weighted_mean
-from fedloom.aggregation.robust import coordinate_median, multi_krum, trimmed_mean
+from fedloom.aggregation.mean import squared_distances, weighted_mean
+from fedloom.aggregation.robust import centered_clip, coordinate_median, multi_krum, trimmed_mean
 from fedloom.aggregation.round_state import ClientUpdate, RoundState
 from fedloom.aggregation.server_step import server_update
 from fedloom.aggregation.weighting import (
@@ -40,6 +40,7 @@ __all__ = [
     "Mean",
     "CoordinateMedian",
     "TrimmedMean",
+    "CenteredClip",
     "ServerStep",
     "WEIGHT_BY_CHOICES",
 ]
@@ -261,9 +262,7 @@ class Bucket(Stage):
             state.groups[name] = members
             buckets.append(ClientUpdate(name, mean, float(sizes.sum()),
                                         _mean_metrics([state.updates[i].metrics for i in group], weights)))
-        left_out = state.num_received - len(state.updates)
-        state.updates, state.scales, state.coefficients, state._norms = buckets, None, None, None
-        state.num_received = left_out + len(buckets)  # a group counts as one from here on
+        state.replace_updates(buckets)
 
 
 def _mean_metrics(metrics: list[Mapping[str, Any]], weights: np.ndarray) -> dict[str, float]:
@@ -428,6 +427,57 @@ class TrimmedMean(Stage):
         state.require_finite()
         weights = _require_positive_weight(state) if self.weighted else None
         state.aggregate = trimmed_mean(state.effective_updates(), self.beta, weights)
+
+
+class CenteredClip(Stage):
+    """Centred clipping around where the model was heading (Karimireddy, He, Jaggi 2021,
+    https://arxiv.org/abs/2012.10333).
+
+    The centre is the global model plus the last round's aggregate step (with
+    ``momentum > 0``, an exponential average of past steps; the global model itself in
+    the first round). The radius is ``median_multiple`` times the round's median
+    distance of the updates from the centre. Then :func:`~fedloom.aggregation.robust.
+    centered_clip` runs ``iterations`` times with the coefficients as weights: an
+    attacker moves the result by at most its weight times the radius, whichever way it
+    pushes, while honest updates near the centre count in full. The step is this
+    stage's state (saved by checkpoints).
+    """
+
+    kind = "reducer"
+
+    def __init__(self, median_multiple: float = 1.0, iterations: int = 3, momentum: float = 0.0) -> None:
+        if not median_multiple > 0 or isinstance(iterations, bool) or iterations < 1 or not 0 <= momentum < 1:
+            raise ConfigError(
+                f"CenteredClip needs median_multiple > 0, an integer iterations >= 1 and "
+                f"momentum in [0, 1); got median_multiple={median_multiple}, "
+                f"iterations={iterations}, momentum={momentum}.")
+        self.median_multiple = median_multiple
+        self.iterations = iterations
+        self.momentum = momentum
+        self._step: list[np.ndarray] | None = None
+
+    def __call__(self, state: RoundState) -> None:
+        state.require_finite()
+        weights = _require_positive_weight(state)
+        updates = state.effective_updates()
+        model = state.global_weights
+        center = list(model)
+        if self._step is not None:
+            center = [(a + s).astype(a.dtype) for a, s in zip(map(np.asarray, model), self._step)]
+        radius = self.median_multiple * float(np.median(np.sqrt(squared_distances(updates, center))))
+        aggregate = centered_clip(updates, center, radius, weights, self.iterations) if radius > 0 else center
+        step = [np.asarray(a, np.float64) - b for a, b in zip(aggregate, model)]
+        if self._step is not None and self.momentum > 0:
+            step = [self.momentum * old + (1 - self.momentum) * new for old, new in zip(self._step, step)]
+        self._step = step
+        state.aggregate = aggregate
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self._step is None else {"step": [s.copy() for s in self._step]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        step = state.get("step")
+        self._step = None if step is None else [np.asarray(s, np.float64) for s in step]
 
 
 # --------------------------------------------------------------------------- server step

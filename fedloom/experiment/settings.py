@@ -119,7 +119,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             "strategy has no _target_: pick one of conf/strategy/*.yaml, e.g. strategy=weighted."
         )
-    _robust_filter(strategy)
+    _robust_settings(strategy)
     bucket = strategy.get("bucket_size", 1) if "robust" in strategy else 1
     groups = -(-per_round // bucket)  # what the robust rule sees: ceil(K / bucket_size)
     beta = strategy.get("beta")
@@ -152,9 +152,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
         )
 
 
-def _robust_filter(strategy: Mapping[str, Any]) -> None:
-    """The norm filter and Krum settings of ``Hybrid.robust_weighted``, named by their
-    Hydra keys (the stage constructors would name their own parameters)."""
+def _robust_settings(strategy: Mapping[str, Any]) -> None:
+    """The filter, grouping, Krum and clipping settings of ``Hybrid.robust_weighted``,
+    named by their Hydra keys (the stage constructors would name their own parameters)."""
     if "robust" not in strategy:
         return
     ratio = strategy.get("max_norm_ratio")
@@ -168,6 +168,12 @@ def _robust_filter(strategy: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"strategy.norm_window={window!r} is not allowed: it must be an integer >= 1 "
             "(rounds the norm filter's reference looks back over)."
+        )
+    radius = strategy.get("clip_radius", 1.0)
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not radius > 0:
+        raise ConfigError(
+            f"strategy.clip_radius={radius!r} is not allowed: it must be a number > 0 "
+            "(a multiple of the round's median distance from the centre)."
         )
     bucket = strategy.get("bucket_size", 1)
     if isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 1:

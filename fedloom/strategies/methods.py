@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fedloom.aggregation import (
-    ClientUpdate,
     Bucket,
+    CenteredClip,
+    ClientUpdate,
     ClipNorm,
     CoordinateMedian,
     KrumSelect,
@@ -36,7 +37,7 @@ __all__ = [
     "ROBUST_REDUCERS",
 ]
 
-ROBUST_REDUCERS = ("trimmed_mean", "median", "krum")
+ROBUST_REDUCERS = ("trimmed_mean", "median", "krum", "centered_clip")
 
 
 def simple_average() -> Pipeline:
@@ -106,6 +107,7 @@ def robust_weighted(
     norm_window: int = 5,
     clip_median_multiple: float | None = None,
     bucket_size: int = 1,
+    clip_radius: float = 1.0,
 ) -> Pipeline:
     """Hybrid: robust filtering, then weighting.
 
@@ -113,7 +115,10 @@ def robust_weighted(
         robust: ``"trimmed_mean"`` (per coordinate drop ``floor(beta*K)`` values at each
             end, average the rest weighted by ``weight_by``), ``"krum"`` (keep the
             ``num_selected`` Multi-Krum updates, default ``K - num_byzantine``, then the
-            weighted mean), or ``"median"`` (coordinate-wise median, unweighted).
+            weighted mean), ``"median"`` (coordinate-wise median, unweighted), or
+            ``"centered_clip"`` (centred clipping around the last round's step with
+            radius ``clip_radius`` times the round's median distance from it, weighted
+            by ``weight_by``; :class:`~fedloom.aggregation.CenteredClip`).
             Krum counts the updates the filter already rejected against
             ``num_byzantine`` (:class:`~fedloom.aggregation.KrumSelect`
             ``count_rejected``): ``num_byzantine`` is the number of attackers expected
@@ -133,6 +138,8 @@ def robust_weighted(
             rules discard less honest signal: ``conf/strategy/robust_trimmed.yaml`` and
             ``robust_median.yaml`` use 2. With Krum, ``num_byzantine`` then counts bad
             groups and needs ``ceil(K / bucket_size) >= num_byzantine + 3``.
+        clip_radius: with ``robust="centered_clip"``, the clipping radius as a multiple
+            of the round's median distance of the updates from the centre.
     """
     if robust not in ROBUST_REDUCERS:
         raise ConfigError(f"robust must be one of {ROBUST_REDUCERS}; got robust={robust!r}.")
@@ -146,6 +153,8 @@ def robust_weighted(
         stages += [krum, WeightBy(weight_by), Mean()]
     elif robust == "trimmed_mean":
         stages += [WeightBy(weight_by), TrimmedMean(beta, weighted=True)]
+    elif robust == "centered_clip":
+        stages += [WeightBy(weight_by), CenteredClip(clip_radius)]
     else:
         stages += [CoordinateMedian()]
     return Pipeline(*stages, name=f"robust ({robust}) then {weight_by}")

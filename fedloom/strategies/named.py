@@ -133,7 +133,8 @@ class HybridMixin:
         norm_window: int = 5,
         clip_median_multiple: float | None = None,
         bucket_size: int = 1,
-        **strategy_options: Any,
+        clip_radius: float = 1.0,
+            **strategy_options: Any,
     ):
         """Robust filtering (trimmed mean, Krum or median), then weighting; see
         :func:`fedloom.strategies.methods.robust_weighted`."""
@@ -147,6 +148,7 @@ class HybridMixin:
             norm_window=norm_window,
             clip_median_multiple=clip_median_multiple,
             bucket_size=bucket_size,
+            clip_radius=clip_radius,
         )
         return cls(method, **strategy_options)
 
