@@ -54,6 +54,25 @@ def iter_blocks(
         yield start, stop, block
 
 
+def reduce_blocks(
+    updates: Sequence[Sequence[np.ndarray]], reduce_block: Callable[[np.ndarray], np.ndarray]
+) -> list[np.ndarray]:
+    """Apply a per-coordinate reduction across clients, block by block, to every array.
+
+    ``reduce_block`` gets a float64 ``(num_clients, block)`` buffer (it may reorder it
+    in place) and returns ``(block,)`` float64 values; they are written straight into
+    the result in the first update's dtypes, so the only memory besides the result is
+    the buffer.
+    """
+    result = []
+    for index, like in enumerate(updates[0]):
+        out = np.empty(like.size, dtype=like.dtype)
+        for start, stop, block in iter_blocks(flat_views(updates, index)):
+            out[start:stop] = cast_like(reduce_block(block), like)
+        result.append(out.reshape(like.shape))
+    return result
+
+
 def cast_like(values: np.ndarray, like: np.ndarray) -> np.ndarray:
     """Cast float64 results back to ``like.dtype`` (integers are rounded, not truncated)."""
     if np.issubdtype(like.dtype, np.integer):
