@@ -14,11 +14,11 @@ the robust hybrids of ``conf/strategy/`` with their defaults: a norm filter (rej
 update farther than 2.5x the median distance of the last 5 rounds) followed by a
 size-weighted trimmed mean (``robust_trimmed``, beta=0.2) or the coordinate-wise median
 (``robust_median``), both over the means of random pairs of updates (``bucket_size=2``),
-or Multi-Krum (``robust_krum``, ``num_byzantine=3``: 20% attackers
-among 100 clients means 3 or more attackers in 32% of the rounds that sample 10; updates
-the filter rejected count against it) or centred clipping around the last round's step
-(``robust_centered_clip``, radius 1x the round's median distance, weighted by size). Each cell is the final accuracy averaged over
-``--seeds`` (the seed moves the partition, the attackers, the sampling and the model's
+Multi-Krum (``robust_krum``, ``num_byzantine=3``: 20% attackers among 100 clients means 3
+or more attackers in 32% of the rounds that sample 10; updates the filter rejected count
+against it) or centred clipping around the last round's step (``robust_centered_clip``,
+radius 1x the round's median distance, weighted by size). Each cell is the final
+accuracy averaged over ``--seeds`` (the seed moves the partition, the attackers, the sampling and the model's
 start).
 
 ``sign_flip_x2`` (scale 2 instead of the default 4) is an extra column: it is there

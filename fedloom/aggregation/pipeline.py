@@ -28,7 +28,7 @@ import numpy as np
 from fedloom.aggregation.checks import check_update
 from fedloom.aggregation.round_state import ClientUpdate, Rejection, RoundState
 from fedloom.aggregation.mean import weighted_mean_and_distances
-from fedloom.aggregation.stages import CenteredClip, ClipNorm, Mean, RejectNormOutliers, Stage, WeightBy
+from fedloom.aggregation.stages import ClipNorm, Mean, RejectNormOutliers, Stage, WeightBy
 from fedloom.errors import ConfigError, InsufficientUpdates, UpdateRejected
 
 __all__ = ["AggregationResult", "Pipeline", "Schedule"]
@@ -247,7 +247,7 @@ def _require_enough(state: RoundState, min_updates: int) -> None:
 
 
 def _uses_weights(stage: Stage) -> bool:
-    return isinstance(stage, (Mean, CenteredClip)) or bool(getattr(stage, "weighted", False))
+    return isinstance(stage, Mean) or bool(getattr(stage, "weighted", False))
 
 
 def _structural_problem(

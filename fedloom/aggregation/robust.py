@@ -191,6 +191,8 @@ def centered_clip(
     radius: float,
     weights: Sequence[float] | np.ndarray | None = None,
     iterations: int = 3,
+    *,
+    distances: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Centred clipping (Karimireddy, He, Jaggi 2021, "Learning from History for
     Byzantine Robust Optimization", https://arxiv.org/abs/2012.10333).
@@ -201,7 +203,9 @@ def centered_clip(
     moves it by at most ``w_k * radius``, however far it is.
 
     Each iteration is one pass for the distances and one weighted mean of the updates
-    and ``c`` (so no clipped copy is made). Returns arrays in the updates' dtypes.
+    and ``c`` (so no clipped copy is made); ``distances``, the updates' L2 distances from
+    ``center`` when the caller has them, saves the first pass. Returns arrays in the
+    updates' dtypes.
     """
     check_same_structure(updates)
     if not radius > 0 or iterations < 1:
@@ -209,8 +213,9 @@ def centered_clip(
                          f"radius={radius}, iterations={iterations}.")
     num_updates = len(updates)
     w = np.full(num_updates, 1.0 / num_updates) if weights is None else normalise_weights(weights, num_updates)
-    for _ in range(iterations):
-        distances = np.sqrt(squared_distances(updates, center))
+    for iteration in range(iterations):
+        if distances is None or iteration > 0:
+            distances = np.sqrt(squared_distances(updates, center))
         pull = w * np.minimum(1.0, radius / np.maximum(distances, 1e-300))
         center = weighted_mean([*updates, center], np.append(pull, max(0.0, 1.0 - pull.sum())))
     return list(center)

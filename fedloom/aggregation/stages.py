@@ -444,6 +444,7 @@ class CenteredClip(Stage):
     """
 
     kind = "reducer"
+    weighted = True  # uses the weighting stage's coefficients
 
     def __init__(self, median_multiple: float = 1.0, iterations: int = 3, momentum: float = 0.0) -> None:
         if not median_multiple > 0 or isinstance(iterations, bool) or iterations < 1 or not 0 <= momentum < 1:
@@ -464,8 +465,10 @@ class CenteredClip(Stage):
         center = list(model)
         if self._step is not None:
             center = [(a + s).astype(a.dtype) for a, s in zip(map(np.asarray, model), self._step)]
-        radius = self.median_multiple * float(np.median(np.sqrt(squared_distances(updates, center))))
-        aggregate = centered_clip(updates, center, radius, weights, self.iterations) if radius > 0 else center
+        distances = np.sqrt(squared_distances(updates, center))
+        radius = self.median_multiple * float(np.median(distances))
+        aggregate = center if radius == 0 else centered_clip(
+            updates, center, radius, weights, self.iterations, distances=distances)
         step = [np.asarray(a, np.float64) - b for a, b in zip(aggregate, model)]
         if self._step is not None and self.momentum > 0:
             step = [self.momentum * old + (1 - self.momentum) * new for old, new in zip(self._step, step)]

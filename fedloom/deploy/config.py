@@ -41,7 +41,8 @@ def compose_experiment(
     """The resolved experiment config (plain dicts) of ``conf_dir/config.yaml`` + overrides.
 
     An unknown key or group option is a one-line :class:`ConfigError` naming the nearest
-    known one (``settings.check_overrides``), other Hydra errors one line too; values are checked later by ``fedloom.experiment.settings``.
+    known one (``settings.check_overrides``), and so is any other Hydra error; values are
+    checked later by ``fedloom.experiment.settings``.
     """
     conf_dir = Path(conf_dir)
     if not (conf_dir / "config.yaml").is_file():

@@ -57,7 +57,7 @@ def resolved(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def _int(cfg: Mapping[str, Any], key: str, minimum: int) -> int:
     value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not _is_int(value) or value < minimum:
         raise ConfigError(f"{key}={value!r} is not allowed: it must be an integer >= {minimum}.")
     return value
 
@@ -65,7 +65,7 @@ def _int(cfg: Mapping[str, Any], key: str, minimum: int) -> int:
 def _number(cfg: Mapping[str, Any], key: str, low: float, high: float, *,
             low_open: bool, high_open: bool) -> float:
     value = cfg.get(key)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = _is_number(value)
     if ok:
         ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
@@ -157,33 +157,29 @@ def _robust_settings(strategy: Mapping[str, Any]) -> None:
     named by their Hydra keys (the stage constructors would name their own parameters)."""
     if "robust" not in strategy:
         return
-    ratio = strategy.get("max_norm_ratio")
-    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio <= 1):
-        raise ConfigError(
-            f"strategy.max_norm_ratio={ratio!r} is not allowed: it must be a number > 1 "
-            "(a multiple of the typical update distance), or null to skip the norm filter."
-        )
-    window = strategy.get("norm_window", 1)
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ConfigError(
-            f"strategy.norm_window={window!r} is not allowed: it must be an integer >= 1 "
-            "(rounds the norm filter's reference looks back over)."
-        )
-    radius = strategy.get("clip_radius", 1.0)
-    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not radius > 0:
-        raise ConfigError(
-            f"strategy.clip_radius={radius!r} is not allowed: it must be a number > 0 "
-            "(a multiple of the round's median distance from the centre)."
-        )
-    bucket = strategy.get("bucket_size", 1)
-    if isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 1:
-        raise ConfigError(
-            f"strategy.bucket_size={bucket!r} is not allowed: it must be an integer >= 1 "
-            "(updates averaged into each group before the robust rule; 1: no groups)."
-        )
-    byzantine = strategy.get("num_byzantine", 0)
-    if isinstance(byzantine, bool) or not isinstance(byzantine, int) or byzantine < 0:
-        raise ConfigError(f"strategy.num_byzantine={byzantine!r} is not allowed: it must be an integer >= 0.")
+    checks = [  # key, default, valid?, what is allowed
+        ("max_norm_ratio", None, lambda v: v is None or _is_number(v) and v > 1,
+         "a number > 1 (a multiple of the typical update distance), or null to skip the norm filter"),
+        ("norm_window", 1, lambda v: _is_int(v) and v >= 1,
+         "an integer >= 1 (rounds the norm filter's reference looks back over)"),
+        ("clip_radius", 1.0, lambda v: _is_number(v) and v > 0,
+         "a number > 0 (a multiple of the round's median distance from the centre)"),
+        ("bucket_size", 1, lambda v: _is_int(v) and v >= 1,
+         "an integer >= 1 (updates averaged into each group before the robust rule; 1: no groups)"),
+        ("num_byzantine", 0, lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ]
+    for key, default, valid, allowed in checks:
+        value = strategy.get(key, default)
+        if not valid(value):
+            raise ConfigError(f"strategy.{key}={value!r} is not allowed: it must be {allowed}.")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _reliability(cfg: Mapping[str, Any], num_clients: int, per_round: int) -> None:

@@ -134,9 +134,9 @@ class HybridMixin:
         clip_median_multiple: float | None = None,
         bucket_size: int = 1,
         clip_radius: float = 1.0,
-            **strategy_options: Any,
+        **strategy_options: Any,
     ):
-        """Robust filtering (trimmed mean, Krum or median), then weighting; see
+        """Robust filtering (trimmed mean, Krum, median or centred clipping), then weighting; see
         :func:`fedloom.strategies.methods.robust_weighted`."""
         method = methods.robust_weighted(
             robust,
