@@ -6,6 +6,13 @@ blocks of coordinates: the block of every client is copied into one
 about ``BLOCK_BUDGET_BYTES`` (4 MiB, one 1M-parameter float32 model), so extra memory
 stays near one model whatever the number of clients; the client arrays are read once
 and never copied whole.
+
+A block has at least ``MIN_BLOCK`` coordinates while that fits in ``MAX_BUFFER_BYTES``
+(up to 2,048 float64 rows): fewer, longer rows keep the per-row Python overhead small.
+With more clients the block shrinks below ``MIN_BLOCK`` so the buffer stays within
+``MAX_BUFFER_BYTES`` (16 MiB; at least one column, ``num_clients`` values): 10,000
+clients would otherwise need 10,000 x 1,024 x 8 bytes = 82 MB. Many very short blocks
+cost more time per value; that is the price of bounded memory at that scale.
 """
 
 from __future__ import annotations
@@ -18,13 +25,21 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 BLOCK_BUDGET_BYTES = 4 * 1024 * 1024
+MAX_BUFFER_BYTES = 16 * 1024 * 1024
 MIN_BLOCK, MAX_BLOCK = 1024, 65536
 
 
 def block_size_for(num_clients: int, dtype: np.dtype | type) -> int:
-    """Coordinates per block so that ``num_clients`` rows fit the buffer budget."""
+    """Coordinates per block so that ``num_clients`` rows fit the buffer budget.
+
+    ``BLOCK_BUDGET_BYTES`` per buffer, raised to ``MIN_BLOCK`` coordinates as long as
+    that stays within ``MAX_BUFFER_BYTES``; never above ``MAX_BLOCK``, never below 1.
+    """
     per_column = max(1, num_clients) * np.dtype(dtype).itemsize
-    return int(np.clip(BLOCK_BUDGET_BYTES // per_column, MIN_BLOCK, MAX_BLOCK))
+    block = BLOCK_BUDGET_BYTES // per_column
+    if block < MIN_BLOCK:
+        block = max(1, min(MIN_BLOCK, MAX_BUFFER_BYTES // per_column))
+    return int(min(block, MAX_BLOCK))
 
 
 def flat_views(updates: Sequence[Sequence[np.ndarray]], index: int) -> list[np.ndarray]:

@@ -98,18 +98,24 @@ def check_same_structure(updates: Sequence[Sequence[np.ndarray]]) -> None:
 def normalise_weights(weights: Sequence[float] | np.ndarray, num_updates: int) -> np.ndarray:
     """Return float64 weights that sum to 1.
 
+    The weights are divided by their largest value before they are summed, so any finite
+    weights normalise correctly: two clients reporting ``num_examples=1.7e308`` would
+    make the plain sum overflow to Inf and every coefficient ``w / Inf = 0``.
+
     Raises:
-        ValueError: wrong length, a negative/NaN/Inf weight, or all weights zero.
+        ValueError: wrong length, a negative/NaN/Inf weight, or no positive weight. A
+            pipeline stage turns the last case into a skipped round with its reason.
     """
     w = np.asarray(weights, dtype=np.float64).reshape(-1)
     if w.size != num_updates:
         raise ValueError(f"Expected {num_updates} weights (one per update); received {w.size}.")
     if not np.isfinite(w).all() or (w < 0).any():
         raise ValueError(f"Weights must be finite and >= 0; received {w.tolist()}.")
-    total = w.sum()
-    if total <= 0:
+    largest = w.max() if w.size else 0.0
+    if not largest > 0:
         raise ValueError(
             "Weights sum to 0, so no update would count. Give at least one update a "
             "positive weight (e.g. a floor for quality weights)."
         )
-    return w / total
+    scaled = w / largest  # in [0, 1], at least one 1: the sum is in [1, K], never Inf
+    return scaled / scaled.sum()

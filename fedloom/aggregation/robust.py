@@ -76,7 +76,9 @@ def trimmed_mean(
 
     With ``weights``, the kept values are averaged with their clients' weights (the
     weighted variant used by the "robust then weighted" hybrid); without, uniformly, as
-    in Yin et al. 2018.
+    in Yin et al. 2018. Weight-0 clients (``num_examples=0``) still take part in the
+    trimming; at a coordinate where every kept value comes from a weight-0 client the
+    kept values are averaged uniformly, so the result is never NaN.
     """
     check_same_structure(updates)
     num_updates = len(updates)
@@ -89,7 +91,14 @@ def trimmed_mean(
             return block[trim : num_updates - trim].mean(axis=0)
         order = np.argsort(block, axis=0)[trim : num_updates - trim]
         kept_weights = w[order]
-        return (np.take_along_axis(block, order, axis=0) * kept_weights).sum(axis=0) / kept_weights.sum(axis=0)
+        kept = np.take_along_axis(block, order, axis=0)
+        totals = kept_weights.sum(axis=0)
+        sums = (kept * kept_weights).sum(axis=0)
+        unweighted = totals <= 0  # every kept value came from a weight-0 client
+        if unweighted.any():
+            sums[unweighted] = kept[:, unweighted].mean(axis=0)
+            totals[unweighted] = 1.0
+        return sums / totals
 
     return reduce_blocks(updates, trimmed)
 
