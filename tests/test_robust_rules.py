@@ -24,11 +24,13 @@ def flower_bulyan(updates, num_byzantine):
     return aggregate_bulyan(results, num_malicious=num_byzantine, aggregation_rule=aggregate_krum, to_keep=0)
 
 
+# Flower breaks Krum ties by list order (fedloom by centrality): with f >= 3 every Krum
+# score has at least 2 neighbours and no ties, so the two must agree exactly
 @pytest.mark.parametrize(("num_clients", "num_byzantine", "shapes"), [
-    (7, 1, [(20, 5), (5,)]),
-    (11, 2, [(2 * STREAM_BLOCK + 123,), (7,)]),  # over two blocks of the coordinate step
+    (15, 3, [(20, 5), (5,)]),
+    (16, 3, [(2 * STREAM_BLOCK + 123,), (7,)]),  # over two blocks of the coordinate step
     (6, 0, [(40,)]),
-    (8, 1, [(9, 4)]),  # even theta: the median is a mean of two middle values
+    (18, 3, [(9, 4)]),  # even theta: the median is a mean of two middle values
 ])
 def test_bulyan_equals_flower(num_clients, num_byzantine, shapes):
     updates = random_updates(num_clients, shapes, seed=num_clients)
@@ -40,17 +42,29 @@ def test_bulyan_equals_flower(num_clients, num_byzantine, shapes):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.abs(b).max())
 
 
-def test_bulyan_selection_is_flowers_recursive_krum_and_skips_the_far_update():
-    updates = random_updates(7, [(30,)], seed=1)
-    updates[3] = [updates[3][0] + 100.0]
-    selected = bulyan_selection(pairwise_squared_distances(updates), 1)
-    assert len(selected) == 5 and 3 not in selected
+def test_bulyan_selection_is_flowers_recursive_krum_and_skips_the_far_updates():
+    updates = random_updates(15, [(30,)], seed=1)
+    for far in (3, 8, 11):
+        updates[far] = [updates[far][0] + 100.0 * far]
+    selected = bulyan_selection(pairwise_squared_distances(updates), 3)
+    assert len(selected) == 9 and not {3, 8, 11} & set(selected.tolist())
     # Flower's recursive Krum, one pick at a time on what is left
     remaining = [(list(u), 1) for u in updates]
     for index in selected:
-        pick = aggregate_krum(remaining, num_malicious=1, to_keep=0)
+        pick = aggregate_krum(remaining, num_malicious=3, to_keep=0)
         assert np.array_equal(pick[0], updates[index][0])
         remaining = [r for r in remaining if not np.array_equal(r[0][0], pick[0])]
+
+
+def test_bulyan_breaks_krum_ties_whatever_the_client_order():
+    # f = 1: with 3 updates left Krum has 1 neighbour and the mutually nearest pair ties
+    updates = random_updates(7, [(4, 3), (5,)], seed=11)
+    distances = pairwise_squared_distances(updates)
+    forward = bulyan_selection(distances, 1)
+    backward = bulyan_selection(distances[::-1, ::-1], 1)
+    assert sorted(forward.tolist()) == sorted((6 - backward).tolist())
+    for a, b in zip(bulyan(updates, 1), bulyan(updates[::-1], 1)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
 def test_bulyan_needs_four_f_plus_three_updates():
@@ -113,3 +127,23 @@ def test_geometric_median_resists_fewer_than_half_far_updates_over_several_block
 def test_geometric_median_refuses_bad_settings():
     with pytest.raises(ValueError, match="nu > 0"):
         geometric_median(random_updates(3, [(2,)], seed=0), nu=0.0)
+
+
+# ------------------------------------------------------------------ conformance
+NEW_RULES = {
+    "bulyan": lambda updates: bulyan(updates, 1),
+    "geometric_median": lambda updates: geometric_median(updates).median,
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_RULES))
+def test_new_rules_ignore_client_order_and_return_identical_updates(name):
+    rule = NEW_RULES[name]
+    updates = random_updates(7, [(4, 3), (5,)], seed=11)
+    forward, backward = rule(updates), rule(updates[::-1])
+    for a, b in zip(forward, backward):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    same = [[a.copy() for a in updates[2]] for _ in range(7)]
+    for got, want in zip(rule(same), updates[2]):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-6)

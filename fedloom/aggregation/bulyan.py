@@ -8,7 +8,11 @@ With ``n`` updates of which up to ``f`` are Byzantine (``n >= 4f + 3``):
 1. Selection: ``theta = n - 2f`` times, run Krum on the updates not yet selected and move
    its pick into the selection set (Krum's score: the sum of squared distances to the
    ``m - f - 2`` nearest others among the ``m`` remaining; at least 1 neighbour, as
-   Flower's ``aggregate_bulyan`` does when ``m - f - 2 < 1``).
+   Flower's ``aggregate_bulyan`` does when ``m - f - 2 < 1``). Equal scores go to the
+   update with the smaller sum of distances to all remaining ones, so the client order
+   does not matter. Flower keeps the first in its list instead; the two agree whenever
+   no scores tie, which is certain for ``f >= 3`` (at least 2 neighbours) and not for
+   ``f <= 2``, where a mutually nearest pair ties once 1 neighbour is left.
 2. Aggregation: per coordinate, the mean of the ``beta = theta - 2f`` selected values
    closest to the selected values' median.
 
@@ -44,13 +48,18 @@ def bulyan_selection(distances: np.ndarray, num_byzantine: int) -> np.ndarray:
     """
     num_updates = distances.shape[0]
     _check_enough(num_updates, num_byzantine)
+    distances = 0.5 * (distances + distances.T)  # exactly symmetric: ties are exact
     remaining = list(range(num_updates))
     selected = []
     for _ in range(num_updates - 2 * num_byzantine):
-        sub = distances[np.ix_(remaining, remaining)] + np.diag(np.full(len(remaining), np.inf))
+        sub = distances[np.ix_(remaining, remaining)]
         neighbours = max(1, len(remaining) - num_byzantine - 2)
-        scores = np.sort(sub, axis=1)[:, :neighbours].sum(axis=1) if len(remaining) > 1 else np.zeros(1)
-        pick = remaining[int(np.argmin(scores))]  # the first lowest score on ties, like Flower
+        scores = np.sort(sub + np.diag(np.full(len(remaining), np.inf)), axis=1)[:, :neighbours].sum(axis=1)
+        tied = np.flatnonzero(scores <= scores.min() * (1 + 1e-12))
+        # Krum ties are common here: with one neighbour two mutual nearest updates always
+        # tie. The update closer to all the remaining ones wins, whatever the client order
+        # (Flower takes the first in its list, so it depends on the order).
+        pick = remaining[int(tied[np.argmin(sub[tied].sum(axis=1))])]
         selected.append(pick)
         remaining.remove(pick)
     return np.asarray(selected, dtype=np.int64)
