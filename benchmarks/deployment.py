@@ -16,7 +16,8 @@ each in a fresh process tree:
 For each: median seconds per round (rounds 2..R, from ``history.json``: training,
 aggregation and central evaluation), round 1 (the first message of a run also loads
 and caches each node's data), start-up (launch until the round-0 evaluation), wall
-time, peak memory of the process tree (sum of RSS, sampled every 0.2 s), final accuracy.
+time, peak memory of the process tree (summed PSS, sampled every 0.2 s; summed RSS beside
+it, see ``process_tree.py``), final accuracy.
 
 Then what one deployment message costs, by part, each measured in fresh processes:
 
@@ -37,16 +38,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from process_tree import run_sampled  # noqa: E402  (sibling module of the benchmarks)
+from process_tree import SampledRun, run_sampled  # noqa: E402  (sibling module of the benchmarks)
+from provenance import provenance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -92,8 +92,8 @@ def child_node_data(out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- parent
-def run_child(args: list[str], timeout: float = 1200) -> tuple[float, int]:
-    """Run this script with ``args`` in a new session; return (wall seconds, peak tree RSS)."""
+def run_child(args: list[str], timeout: float = 1200) -> SampledRun:
+    """Run this script with ``args`` in a new session; return its wall time and peak memory."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
     return run_sampled(__file__, args, env, timeout, interval=0.2)
 
@@ -101,7 +101,7 @@ def run_child(args: list[str], timeout: float = 1200) -> tuple[float, int]:
 def measure_variant(variant: str, rounds: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         launched = time.time()
-        wall, peak = run_child(["--child", variant, "--rounds", str(rounds), "--out", tmp])
+        run = run_child(["--child", variant, "--rounds", str(rounds), "--out", tmp])
         records = json.loads((Path(tmp) / "history.json").read_text())
     seconds = [r["seconds"] for r in records[1:]]
     return {
@@ -109,8 +109,8 @@ def measure_variant(variant: str, rounds: int) -> dict:
         "round_1_s": seconds[0],
         "round_s": seconds,
         "startup_s": records[0]["time"] - launched,
-        "wall_s": wall,
-        "peak_tree_rss_bytes": peak,
+        "wall_s": run.wall_s,
+        **run.memory(),
         "final_accuracy": records[-1]["accuracy"],
     }
 
@@ -136,21 +136,6 @@ def measure_message_parts(repeats: int = 3) -> dict:
             "node_data_cached_s": statistics.median(cached)}
 
 
-def machine() -> dict:
-    cpu = platform.processor() or ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    import flwr
-
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "flwr": flwr.__version__,
-            "load_average_1min_at_start": os.getloadavg()[0]}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=8)
@@ -167,13 +152,14 @@ def main() -> None:
         child_node_data(args.out)
         return
 
-    about_machine = machine()  # before the runs: the load average says whether it was idle
+    about = provenance()  # before the runs: its load average says whether the machine was idle
     results = {}
     for variant in args.variants.split(","):
         results[variant] = r = measure_variant(variant, args.rounds)
         print(f"{variant:20s} round {r['median_round_s']:7.3f} s (first {r['round_1_s']:6.2f} s)"
-              f"   start-up {r['startup_s']:5.1f} s   wall {r['wall_s']:5.1f} s   peak memory "
-              f"{r['peak_tree_rss_bytes'] / 2**30:5.2f} GiB   accuracy {r['final_accuracy']:.4f}",
+              f"   start-up {r['startup_s']:5.1f} s   wall {r['wall_s']:5.1f} s   peak memory PSS "
+              f"{(r['peak_tree_pss_bytes'] or 0) / 2**30:5.2f} GiB (RSS {r['peak_tree_rss_bytes'] / 2**30:5.2f})"
+              f"   accuracy {r['final_accuracy']:.4f}",
               flush=True)
     parts = measure_message_parts()
     print(f"one deployment message: fresh ClientApp process imports {parts['clientapp_imports_s']:.2f} s; "
@@ -188,8 +174,7 @@ def main() -> None:
         print(f"{name}: {value:.0f}x", flush=True)
     report = {
         "benchmark": "seconds per round, 3 clients all training every round (median of rounds 2..R)",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": about_machine,
+        "provenance": about,
         "workload": {"overrides": OVERRIDES, "rounds": args.rounds, "dataset": "digits",
                      "partition": "dirichlet(0.5)", "model": "mlp 64-64-10", "strategy": "weighted",
                      "learning_rate": 0.1, "batch_size": 10, "local_epochs": 1},
