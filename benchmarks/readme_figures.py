@@ -90,8 +90,9 @@ def aggregation(data: dict) -> str:
                 f"{ours['max_rel_diff_vs_float64']:.1e} (Flower {flower['max_rel_diff_vs_float64']:.1e})"])
     repeats = data.get("repeats")
     head = (f"{data['clients']} updates of {data['parameters']:,} float32 parameters; median of "
-            f"{repeats if repeats else 'the'} alternated calls; threads = fedloom's aggregation "
-            "threads, with numpy's BLAS limited to the same count (Flower's mean uses numpy only).\n")
+            f"{repeats if repeats else 'the'} alternated calls. Threads 1: fedloom's reductions and numpy's "
+            "BLAS on one thread (like-for-like: Flower's mean is single-threaded numpy); default: "
+            "fedloom's min(4, cores) threads in brackets, BLAS as installed.\n")
     return measured(data) + "\n" + head + "\n" + table(
         ["API", "threads", "fedloom WeightedAverage", "Flower FedAvg", "ratio",
          "fedloom extra memory", "max rel. error vs float64"], rows)
