@@ -8,7 +8,8 @@ Each figure block of ``README.md`` sits between two markers::
 
 ``--check`` renders every block from its JSON and exits 1, naming each block whose text
 differs (or whose JSON or markers are missing); ``--write`` replaces the text between
-the markers with the rendered text. A figure therefore changes only with its JSON, and
+the markers with the rendered text. Blocks live in ``README.md`` and ``docs/faults.md``
+(the Byzantine table); each known block must appear in one of them. A figure therefore changes only with its JSON, and
 the JSON records the commit and machine that measured it (``provenance.py``).
 
 Run: ``python benchmarks/readme_figures.py --check`` (in ``.ci/run``) or ``--write``.
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BLOCK = re.compile(r"<!-- figures:(?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- /figures -->", re.DOTALL)
 GIB = 2**30
+DOCUMENTS = [ROOT / "README.md", ROOT / "docs" / "faults.md"]
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -279,12 +281,11 @@ def render(name: str, results: Path = RESULTS) -> str:
     return renderer(json.loads((results / filename).read_text()))
 
 
-def update(text: str, results: Path = RESULTS, required: tuple[str, ...] = tuple(RENDERERS),
-           ) -> tuple[str, list[str]]:
-    """Return ``text`` with every block re-rendered, and the problems found.
+def update(text: str, results: Path = RESULTS) -> tuple[str, list[str], set[str]]:
+    """Return ``text`` with every block re-rendered, the problems found and the blocks seen.
 
     A problem is a block whose text differs from its JSON, a marker naming no known
-    block, a missing JSON, or a block of ``required`` that the text does not have.
+    block, or a missing JSON.
     """
     problems: list[str] = []
     seen: set[str] = set()
@@ -304,10 +305,7 @@ def update(text: str, results: Path = RESULTS, required: tuple[str, ...] = tuple
             problems.append(f"block {name!r} differs from benchmarks/results/{RENDERERS[name][0]}")
         return f"<!-- figures:{name} -->\n{body}<!-- /figures -->"
 
-    new = BLOCK.sub(replace, text)
-    problems += [f"block {name!r}: no `<!-- figures:{name} -->` ... `<!-- /figures -->` markers in the "
-                 "README" for name in required if name not in seen]
-    return new, problems
+    return BLOCK.sub(replace, text), problems, seen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,24 +315,35 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--write", action="store_true", help="re-render every block in place")
     mode.add_argument("--print", dest="show", metavar="BLOCK", choices=RENDERERS,
                       help="print one block with its markers (to paste into the README)")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--readme", type=Path, action="append",
+                        help="a Markdown file with blocks (repeatable; default: README.md and "
+                             "docs/faults.md); every known block must be in one of them")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.show:
         print(f"<!-- figures:{args.show} -->\n{render(args.show, args.results)}<!-- /figures -->")
         return 0
-    text = args.readme.read_text()
-    new, problems = update(text, args.results)
-    if args.write:
-        args.readme.write_text(new)
-        problems = [p for p in problems if "differs" not in p]
-        print(f"wrote {args.readme}")
-    for problem in problems:
-        print(f"{args.readme.name}: {problem}", file=sys.stderr)
-    if problems and args.check:
+    files = args.readme or DOCUMENTS
+    failed, seen = False, set()
+    for path in files:
+        new, problems, found = update(path.read_text(), args.results)
+        seen |= found
+        if args.write and new != path.read_text():
+            path.write_text(new)
+            print(f"wrote {path}")
+        for problem in problems:
+            if not (args.write and "differs" in problem):
+                print(f"{path.name}: {problem}", file=sys.stderr)
+                failed = True
+    for name in RENDERERS:
+        if name not in seen:
+            print(f"block {name!r}: no `<!-- figures:{name} -->` ... `<!-- /figures -->` markers in "
+                  f"{', '.join(p.name for p in files)}", file=sys.stderr)
+            failed = True
+    if failed and args.check:
         print("Fix: rerun the benchmark and commit its JSON, then "
               "`python benchmarks/readme_figures.py --write`.", file=sys.stderr)
-    return 1 if problems else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -88,3 +88,15 @@ def test_seeded_runs_render_as_mean_and_sample_sd():
     text = readme_figures.simulation(data)
     # mean 0.02, sample sd 0.01; accuracy 0.91 +- 0.01; PSS 0.5 GiB, RSS 1 GiB
     assert "| 0.0200 ± 0.0100 | 3.0 ± 0.0 s | 0.50 ± 0.00 GiB | 1.00 ± 0.00 GiB | 0.9100 ± 0.0100 |" in text
+
+
+def test_blocks_may_be_split_over_the_readme_and_the_docs(tmp_path, results):
+    readme, faults = tmp_path / "README.md", tmp_path / "faults.md"
+    readme.write_text(readme_with_blocks(results, [n for n in BLOCKS if n != "byzantine"]))
+    faults.write_text(readme_with_blocks(results, ["byzantine"]))
+    both = subprocess.run([sys.executable, str(SCRIPT), "--check", "--readme", str(readme), "--readme",
+                           str(faults), "--results", str(results)], capture_output=True, text=True,
+                          timeout=120)
+    assert both.returncode == 0, both.stderr
+    alone = check(readme, results)
+    assert alone.returncode == 1 and "block 'byzantine': no" in alone.stderr
