@@ -60,11 +60,6 @@ def tree_memory(process: psutil.Process) -> TreeMemory:
     return TreeMemory(pss, rss)
 
 
-def tree_rss(process: psutil.Process) -> int:
-    """Summed RSS (bytes) of ``process`` and its descendants now; 0 if it has ended."""
-    return tree_memory(process).rss
-
-
 @dataclass(frozen=True)
 class SampledRun:
     """A finished child: wall seconds and the peaks of its tree's summed PSS and RSS (bytes)."""
