@@ -37,12 +37,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import io
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -53,6 +51,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from provenance import provenance  # noqa: E402
 
 STRATEGIES = ["weighted", "simple", "robust_trimmed", "robust_median", "robust_krum", "robust_centered_clip"]
 ATTACKS = {  # column -> Hydra overrides
@@ -94,16 +94,6 @@ def run(strategy: str, attack: str, seed: int, args: argparse.Namespace, workdir
     }
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=100)
@@ -120,6 +110,7 @@ def main() -> None:
     logging.disable(logging.WARNING)  # thousands of "update rejected" lines otherwise
 
     seeds = [int(s) for s in args.seeds.split(",")]
+    about = provenance()  # before the runs: its load average says whether the machine was idle
     strategies, attacks = args.strategies.split(","), args.attacks.split(",")
     cells: dict[str, dict[str, dict]] = {}
     started = time.perf_counter()
@@ -130,6 +121,7 @@ def main() -> None:
                 finals = [r["final_accuracy"] for r in runs]
                 cells.setdefault(strategy, {})[attack] = {
                     "mean_final_accuracy": statistics.fmean(finals),
+                    "sd_final_accuracy": statistics.stdev(finals) if len(finals) > 1 else 0.0,
                     "final_accuracy_per_seed": finals,
                     "min_final_accuracy": min(finals),
                     "mean_rejected_updates": statistics.fmean(r["rejected"] for r in runs),
@@ -142,13 +134,9 @@ def main() -> None:
         for attack, cell in cells[strategy].items():
             cell["drop_vs_no_attack"] = None if clean is None else clean - cell["mean_final_accuracy"]
 
-    import tensorflow as tf
-
     report = {
         "benchmark": "final test accuracy per strategy and attack (mean over seeds)",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "tensorflow": tf.__version__},
+        "provenance": about,
         "setting": {"rounds": args.rounds, "num_clients": args.num_clients,
                     "clients_per_round": args.clients_per_round, "attacker_fraction": args.fraction,
                     "seeds": seeds, "overrides": args.override,

@@ -11,23 +11,30 @@ each in a fresh process tree:
 - ``deployment-secure``: ``deploy.py``'s path: one ``flower-superlink`` and three
   ``flower-supernode`` processes on 127.0.0.1 with TLS and SuperNode authentication,
   the app started by ``flwr run``;
-- ``deployment-insecure``: the same without TLS and authentication (``--insecure``).
+- ``deployment-insecure``: the same without TLS and authentication (``--insecure``);
+- ``deployment-numpy-floor``: the same secure deployment running a trivial numpy app
+  (``benchmarks/floor_app``: Flower's ``FedAvg``, a ClientApp that adds 0.01 to 8,970
+  weights, no fedloom and no TensorFlow in its processes): Flower's own cost of a
+  deployed round (a ClientApp process per message, polling, transfers), the floor
+  under fedloom's rows.
 
 For each: median seconds per round (rounds 2..R, from ``history.json``: training,
 aggregation and central evaluation), round 1 (the first message of a run also loads
 and caches each node's data), start-up (launch until the round-0 evaluation), wall
-time, peak memory of the process tree (sum of RSS, sampled every 0.2 s), final accuracy.
+time, peak memory of the process tree (summed PSS, sampled every 0.2 s; summed RSS beside
+it, see ``process_tree.py``), final accuracy.
 
 Then what one deployment message costs, by part, each measured in fresh processes:
 
 - ``clientapp_imports_s``: a new Python process importing Flower's ClientApp and
   fedloom's Keras client (TensorFlow): every message pays it, because Flower 1.42 starts
   one ``flwr-clientapp`` process per message in both SuperNode isolation modes;
+  ``clientapp_imports_flower_only_s``: the same with only Flower and numpy (the floor app);
 - ``node_data_first_s`` / ``node_data_cached_s``: :func:`fedloom.deploy.node_data.load_node`
   on the first message of a run (Hydra, dataset, partitioning, cache write) and on later
   ones (``context.state`` + one ``.npz``).
 
-Run: ``python benchmarks/deployment.py [--rounds 8]`` (about 8 minutes on 2 cores; the
+Run: ``python benchmarks/deployment.py [--rounds 8]`` (about 10 minutes on 2 cores; the
 3 s polls of Flower's SuperNode and ServerApp make single rounds vary by a few seconds);
 prints a table and writes ``benchmarks/results/deployment.json``.
 """
@@ -37,21 +44,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from process_tree import run_sampled  # noqa: E402  (sibling module of the benchmarks)
+from process_tree import SampledRun, run_sampled  # noqa: E402  (sibling module of the benchmarks)
+from provenance import provenance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("simulation-local", "simulation-ray", "deployment-secure", "deployment-insecure")
+VARIANTS = ("simulation-local", "simulation-ray", "deployment-secure", "deployment-insecure",
+            "deployment-numpy-floor")
+FLOOR_APP = ROOT / "benchmarks" / "floor_app"
+NUM_NODES = 3
 OVERRIDES = ["num_clients=3", "clients_per_round=3", "plot=false"]
 
 
@@ -65,6 +74,15 @@ def child(variant: str, rounds: int, out: Path) -> None:
 
         engine = "local" if variant == "simulation-local" else "flower"
         run_experiment(compose_experiment([*overrides, f"engine={engine}"]), out)
+    elif variant == "deployment-numpy-floor":
+        from fedloom.deploy.launch import LocalDeployment
+
+        with LocalDeployment(out / "deployment", secure=True, app_dir=FLOOR_APP) as deployment:
+            deployment.start_superlink()
+            for i in range(NUM_NODES):
+                deployment.start_supernode(f"supernode-{i}", {"partition-id": i,
+                                                              "num-partitions": NUM_NODES})
+            deployment.run(f"num_clients={NUM_NODES} num_rounds={rounds}", out, on_line=lambda line: None)
     else:
         from fedloom.deploy.launch import deploy
 
@@ -92,8 +110,8 @@ def child_node_data(out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- parent
-def run_child(args: list[str], timeout: float = 1200) -> tuple[float, int]:
-    """Run this script with ``args`` in a new session; return (wall seconds, peak tree RSS)."""
+def run_child(args: list[str], timeout: float = 1200) -> SampledRun:
+    """Run this script with ``args`` in a new session; return its wall time and peak memory."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
     return run_sampled(__file__, args, env, timeout, interval=0.2)
 
@@ -101,7 +119,7 @@ def run_child(args: list[str], timeout: float = 1200) -> tuple[float, int]:
 def measure_variant(variant: str, rounds: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         launched = time.time()
-        wall, peak = run_child(["--child", variant, "--rounds", str(rounds), "--out", tmp])
+        run = run_child(["--child", variant, "--rounds", str(rounds), "--out", tmp])
         records = json.loads((Path(tmp) / "history.json").read_text())
     seconds = [r["seconds"] for r in records[1:]]
     return {
@@ -109,20 +127,28 @@ def measure_variant(variant: str, rounds: int) -> dict:
         "round_1_s": seconds[0],
         "round_s": seconds,
         "startup_s": records[0]["time"] - launched,
-        "wall_s": wall,
-        "peak_tree_rss_bytes": peak,
-        "final_accuracy": records[-1]["accuracy"],
+        "wall_s": run.wall_s,
+        **run.memory(),
+        "final_accuracy": records[-1].get("accuracy"),  # the floor app trains nothing
     }
 
 
-def measure_message_parts(repeats: int = 3) -> dict:
-    imports = []
+def import_seconds(modules: str, repeats: int) -> float:
+    """Median seconds for a fresh Python process to import ``modules``."""
+    times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import flwr.clientapp, fedloom.clients"],
-                       check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-                       capture_output=True)
-        imports.append(time.perf_counter() - started)
+        subprocess.run([sys.executable, "-c", f"import {modules}"], check=True,
+                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def measure_message_parts(repeats: int = 3, *, fedloom: bool = True) -> dict:
+    parts = {"clientapp_imports_flower_only_s": import_seconds("flwr.clientapp, numpy", repeats)}
+    if not fedloom:
+        return parts
+    parts["clientapp_imports_s"] = import_seconds("flwr.clientapp, fedloom.clients", repeats)
     first, cached = [], []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
@@ -131,24 +157,8 @@ def measure_message_parts(repeats: int = 3) -> dict:
             timing = json.loads(out.read_text())
         first.append(timing["first"])
         cached.append(timing["cached"])
-    return {"clientapp_imports_s": statistics.median(imports),
-            "node_data_first_s": statistics.median(first),
+    return {**parts, "node_data_first_s": statistics.median(first),
             "node_data_cached_s": statistics.median(cached)}
-
-
-def machine() -> dict:
-    cpu = platform.processor() or ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    import flwr
-
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "flwr": flwr.__version__,
-            "load_average_1min_at_start": os.getloadavg()[0]}
 
 
 def main() -> None:
@@ -167,29 +177,37 @@ def main() -> None:
         child_node_data(args.out)
         return
 
-    about_machine = machine()  # before the runs: the load average says whether it was idle
+    about = provenance()  # before the runs: its load average says whether the machine was idle
     results = {}
     for variant in args.variants.split(","):
         results[variant] = r = measure_variant(variant, args.rounds)
         print(f"{variant:20s} round {r['median_round_s']:7.3f} s (first {r['round_1_s']:6.2f} s)"
-              f"   start-up {r['startup_s']:5.1f} s   wall {r['wall_s']:5.1f} s   peak memory "
-              f"{r['peak_tree_rss_bytes'] / 2**30:5.2f} GiB   accuracy {r['final_accuracy']:.4f}",
+              f"   start-up {r['startup_s']:5.1f} s   wall {r['wall_s']:5.1f} s   peak memory PSS "
+              f"{(r['peak_tree_pss_bytes'] or 0) / 2**30:5.2f} GiB (RSS {r['peak_tree_rss_bytes'] / 2**30:5.2f})"
+              f"   accuracy {r['final_accuracy'] if r['final_accuracy'] is None else round(r['final_accuracy'], 4)}",
               flush=True)
-    parts = measure_message_parts()
-    print(f"one deployment message: fresh ClientApp process imports {parts['clientapp_imports_s']:.2f} s; "
-          f"node data {parts['node_data_first_s']:.2f} s on a run's first message, "
-          f"{parts['node_data_cached_s'] * 1e3:.1f} ms later (cached)", flush=True)
+    fedloom_deployed = any(v in results for v in ("deployment-secure", "deployment-insecure"))
+    parts = measure_message_parts(fedloom=fedloom_deployed)
+    print(f"one deployment message: a fresh process imports Flower's ClientApp and numpy in "
+          f"{parts['clientapp_imports_flower_only_s']:.2f} s", flush=True)
+    if fedloom_deployed:
+        print(f"  and fedloom's Keras client too in {parts['clientapp_imports_s']:.2f} s; node data "
+              f"{parts['node_data_first_s']:.2f} s on a run's first message, "
+              f"{parts['node_data_cached_s'] * 1e3:.1f} ms later (cached)", flush=True)
     ratios = {}
     for variant in results:
         if variant.startswith("deployment") and "simulation-local" in results:
             ratios[f"{variant}_over_simulation_local"] = (
                 results[variant]["median_round_s"] / results["simulation-local"]["median_round_s"])
+        if variant.startswith("deployment") and variant != "deployment-numpy-floor" \
+                and "deployment-numpy-floor" in results:
+            ratios[f"{variant}_over_numpy_floor"] = (
+                results[variant]["median_round_s"] / results["deployment-numpy-floor"]["median_round_s"])
     for name, value in ratios.items():
         print(f"{name}: {value:.0f}x", flush=True)
     report = {
         "benchmark": "seconds per round, 3 clients all training every round (median of rounds 2..R)",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": about_machine,
+        "provenance": about,
         "workload": {"overrides": OVERRIDES, "rounds": args.rounds, "dataset": "digits",
                      "partition": "dirichlet(0.5)", "model": "mlp 64-64-10", "strategy": "weighted",
                      "learning_rate": 0.1, "batch_size": 10, "local_epochs": 1},

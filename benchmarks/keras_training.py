@@ -24,10 +24,8 @@ Prints a table and writes ``benchmarks/results/keras_training.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -40,6 +38,7 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 NUM_CLIENTS = 10
 EXAMPLES_PER_CLIENT = 14
@@ -160,26 +159,14 @@ def main() -> None:
         "a_over_c": results["a_quickstart"]["median_s"] / fedloom_s,
         "a_over_b": results["a_quickstart"]["median_s"] / results["b_cached_fit"]["median_s"],
     }
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from provenance import provenance
+
     report = {
         "benchmark": "seconds per client update (median over rounds 2..R)",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu": cpu,
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "tf_threads": args.threads if args.threads is not None else "default",
-        },
+        "provenance": {**provenance(),
+                       "tf_threads": args.threads if args.threads is not None else "default"},
+        "rounds": {"a_quickstart": args.quickstart_rounds, "b_cached_fit": args.rounds,
+                   "c_fedloom": args.rounds},
         "setting": {
             "data": "sklearn digits, x/16, flat (64,)",
             "model": "mlp 64-64-10 (softmax)",
@@ -203,7 +190,7 @@ def main() -> None:
         )
     print(
         f"speed-up: (b)/(c) = {speedup['b_over_c']:.1f}x, (a)/(c) = {speedup['a_over_c']:.0f}x, "
-        f"(a)/(b) = {speedup['a_over_b']:.1f}x  [tf threads: {report['machine']['tf_threads']}]"
+        f"(a)/(b) = {speedup['a_over_b']:.1f}x  [tf threads: {report['provenance']['tf_threads']}]"
     )
     print(f"wrote {args.output}")
 

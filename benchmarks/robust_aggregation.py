@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +32,7 @@ from flwr.server.strategy.aggregate import aggregate_krum, aggregate_median, agg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aggregation import MODEL_BYTES, make_updates, measure_pair  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 from fedloom.aggregation import coordinate_median, multi_krum, trimmed_mean, weighted_mean  # noqa: E402
 
@@ -65,8 +63,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "robust_aggregation.json"))
     args = parser.parse_args()
 
-    report = {"date": date.today().isoformat(),
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    report = {"provenance": provenance(), "repeats": args.repeats,
               "parameters": MODEL_BYTES // 4, "trimmed_mean_beta": BETA, "runs": {}}
     for num_clients in (int(k) for k in args.clients.split(",")):
         _, updates, num_examples = make_updates(num_clients)

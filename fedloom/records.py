@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, Message
 from flwr.common import Parameters
 
 __all__ = [
@@ -26,6 +26,8 @@ __all__ = [
     "parameters_views",
     "ndarrays_to_parameters",
     "arrayrecord_num_bytes",
+    "message_num_bytes",
+    "message_proto_num_bytes",
 ]
 
 
@@ -153,3 +155,37 @@ def ndarrays_to_parameters(arrays: Sequence[np.ndarray]) -> Parameters:
 def arrayrecord_num_bytes(record: ArrayRecord) -> int:
     """Serialized size of the arrays in ``record`` (what crossed the network)."""
     return sum(len(array.data) for array in record.values())
+
+
+def message_num_bytes(message: Message) -> int:
+    """Bytes of ``message`` as Flower 1.42 puts it on the wire: every object it pushes, once.
+
+    A deployed Flower (SuperNode <-> SuperLink <-> ServerApp) does not send a Message as
+    one protobuf: it splits it into objects (the Message's metadata, its RecordDict,
+    each ArrayRecord / ConfigRecord / MetricRecord, each Array, each ArrayChunk of an
+    array's bytes), deflates each with ``deflate()`` (a small text header + a
+    protobuf body) and pushes each distinct object id once. This sums the deflated
+    sizes of the distinct objects (Flower's ``get_all_nested_objects``),
+    so it counts arrays, configs and metrics alike, and identical chunks (e.g. of an
+    all-zero array) once, as Flower does. Not counted: the per-request framing (request
+    protobufs, HTTP headers, TLS), and objects the receiver already holds (Flower skips
+    those). Unit: bytes. The arrays' payload alone is :func:`arrayrecord_num_bytes`.
+
+    Computing object ids hashes every byte (SHA-256), as Flower does before sending.
+    """
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+
+
+def message_proto_num_bytes(message: Message) -> int:
+    """Bytes of ``message`` serialized whole as one protobuf with Flower's serde
+    (``flwr.common.serde.message_to_proto(message).ByteSize()``: metadata, content and
+    error in one ``Message`` proto). Unit: bytes.
+
+    A cheaper estimate than :func:`message_num_bytes` (no hashing, no chunking); Flower
+    1.42's own transports send the content as separate objects, which that counts.
+    """
+    from flwr.common.serde import message_to_proto
+
+    return message_to_proto(message).ByteSize()

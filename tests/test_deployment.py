@@ -157,23 +157,45 @@ def test_unregistered_supernode_is_refused_with_authentication_on(tmp_path):
         assert len(listing()) == 1
 
 
+def superlink_reply(url: str, ca_certificate: Path | None = None):
+    """GET ``url`` from the SuperLink's HTTP API (Flower 1.42 serves Fleet, Control and
+    Runtime APIs over HTTP on one port), trusting only ``ca_certificate`` for https."""
+    import httpx
+
+    verify = True if ca_certificate is None else ssl.create_default_context(cafile=str(ca_certificate))
+    return httpx.get(url, verify=verify, timeout=10)
+
+
 @pytest.mark.slow
 def test_plaintext_client_cannot_connect_to_a_tls_superlink(tmp_path):
     import httpx
 
     with LocalDeployment(tmp_path / "deploy", secure=True) as deployment:
         address = deployment.start_superlink()
-        with pytest.raises(httpx.HTTPError):
-            httpx.get(f"http://{address}/", timeout=10)
+        # Plaintext HTTP gets no reply at all (the server expects a TLS handshake) ...
+        with pytest.raises(httpx.RemoteProtocolError):
+            superlink_reply(f"http://{address}/")
+        # ... TLS trusting the deployment's CA reaches the API (FastAPI's 404 for "/") ...
+        reply = superlink_reply(f"https://{address}/", deployment.tls.ca_certificate)
+        assert (reply.status_code, reply.json()) == (404, {"detail": "Not Found"})
+        # ... and TLS trusting another CA is refused: the server presents the CA's certificate.
+        other_ca = make_tls_files(tmp_path / "other-ca").ca_certificate
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            superlink_reply(f"https://{address}/", other_ca)
         plain = deployment.start_supernode("plaintext", {"partition-id": 0}, plaintext=True,
                                            extra_args=["--max-retries", "2"])
         assert plain.wait(timeout=60) != 0
         log = deployment.processes.log_text("plaintext")
         assert "Failed to initialize the connection to the SuperLink" in log
-        # The CA the deployment made is what lets a client in: TLS with it succeeds.
-        trusted = ssl.create_default_context(cafile=str(deployment.tls.ca_certificate))
-        response = httpx.get(f"https://{address}/", verify=trusted, timeout=10)
-        assert response.status_code < 500
+
+
+@pytest.mark.slow
+def test_plaintext_request_is_answered_by_an_insecure_superlink(tmp_path):
+    """The plaintext check above can fail: without TLS the same request gets a reply."""
+    with LocalDeployment(tmp_path / "deploy", secure=False) as deployment:
+        address = deployment.start_superlink()
+        reply = superlink_reply(f"http://{address}/")
+        assert (reply.status_code, reply.json()) == (404, {"detail": "Not Found"})
 
 
 @pytest.mark.slow

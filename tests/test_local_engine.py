@@ -62,6 +62,60 @@ def test_global_model_equals_a_reference_computation_without_flower(digits_clien
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def independent_fedavg(clients, initial, rounds, *, experiment_seed, batch_size, learning_rate):
+    """FedAvg written out with plain Keras and numpy, sharing no code with the engine.
+
+    Every round, every client in partition order starts from the global weights and
+    runs one epoch of ``train_on_batch`` (SGD, sparse categorical cross-entropy) over
+    its training examples in the order the client's documented seeding gives
+    (``default_rng(SeedSequence([SeedSequence([seed, partition]) state, round]) state)
+    .permuted``, the last batch smaller); the server averages the results in float64,
+    weighted by training examples.
+    """
+    import keras
+
+    def seed_of(*parts):
+        return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Flatten(),
+                              keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=learning_rate),
+                  loss="sparse_categorical_crossentropy")
+    weights = [np.asarray(w, np.float64) for w in initial]
+    for server_round in range(1, rounds + 1):
+        total, sizes = None, []
+        for partition, data in enumerate(clients):
+            model.set_weights([w.astype(np.float32) for w in weights])
+            model.optimizer.iterations.assign(0)
+            n = len(data.x_train)
+            rng = np.random.default_rng(seed_of(seed_of(experiment_seed, partition), server_round))
+            order = rng.permuted(np.arange(n)[None, :], axis=1)[0]
+            for start in range(0, n, batch_size):
+                index = order[start:start + batch_size]
+                model.train_on_batch(data.x_train[index], data.y_train[index])
+            scaled = [n * np.asarray(w, np.float64) for w in model.get_weights()]
+            total = scaled if total is None else [t + w for t, w in zip(total, scaled)]
+            sizes.append(n)
+        weights = [t / sum(sizes) for t in total]
+    return weights
+
+
+def test_global_model_equals_an_independent_keras_fedavg_loop(digits_clients):
+    """The engine, strategy and Keras client against a plain ``train_on_batch`` loop:
+    same split, initial weights, client order and batches; float32 training allows
+    ~1e-6 of drift, while a wrong batch, weight or order moves weights by ~1e-2."""
+    final, used, _ = run_weighted(digits_clients, seed=3, per_round=6)
+    assert used == [list(range(6))] * 2
+    initial = SPEC.build().get_weights()
+    want = independent_fedavg(digits_clients, initial, 2, experiment_seed=0, batch_size=8,
+                              learning_rate=0.1)
+    for got, ref in zip(final, want):
+        np.testing.assert_allclose(got, ref, rtol=0, atol=2e-5)
+    # the tolerance is far below what training moved: a bug could not hide inside it
+    assert max(float(np.max(np.abs(w - i))) for w, i in zip(want, initial)) > 0.05
+
+
 def test_same_seed_same_clients_and_bit_identical_weights(digits_clients):
     first, used_1, grid_1 = run_weighted(digits_clients, seed=11, per_round=3, rounds=3)
     second, used_2, grid_2 = run_weighted(digits_clients, seed=11, per_round=3, rounds=3)
