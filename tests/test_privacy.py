@@ -452,3 +452,17 @@ def test_dp_refuses_strategies_its_epsilon_does_not_cover(tmp_path):
     records = run_experiment(config("dp=central_fixed", "dp.strict=false", "num_rounds=1",
                                     "num_clients=20", "clients_per_round=5", "plot=false"), tmp_path)
     assert records[-1]["dp_epsilon"] > 0
+
+
+def test_a_release_that_would_exceed_the_budget_is_withheld():
+    # 4 nodes, node 3 sends NaN: 3 of 4 updates used, multiplier 3/8 instead of 4/8. A
+    # budget between one full round's epsilon and this round's lets a full round pass
+    # but not this one: the model and the moved norm stay on the server.
+    full, short = wor_epsilon(4, 4, [0.5], 1, 1e-5), wor_epsilon(4, 4, [3 / 8], 1, 1e-5)
+    budget = (full + short) / 2
+    released, fields, privacy, inner = dp_round({**FIXED, "max_epsilon": budget}, num_nodes=4)
+    for array, initial in zip(released, INITIAL_WEIGHTS):
+        np.testing.assert_array_equal(array, initial)  # the global model was kept
+    assert inner.reports[-1].skipped_reason.startswith("privacy budget: round 1 was withheld")
+    assert fields["dp_epsilon"] == 0.0 and fields["dp_noise_multiplier"] == 0.0
+    assert fields["stopped_reason"] == inner.reports[-1].skipped_reason and privacy.budget_exhausted
