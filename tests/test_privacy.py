@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import dp_accounting
 import numpy as np
@@ -431,8 +432,8 @@ def test_dp_budget_stops_the_run_at_the_last_round_within_it(tmp_path):
 
 
 def test_two_dp_runs_of_one_config_release_different_noise(tmp_path):
-    def final_weights(name, *extra):
-        cfg = config("strategy=simple", "dp=central_fixed", "num_clients=10", "clients_per_round=5",
+    def final_weights(name, *extra):  # every client takes part: only the noise can differ
+        cfg = config("strategy=simple", "dp=central_fixed", "num_clients=5", "clients_per_round=5",
                      "num_rounds=1", "plot=false", *extra)
         run_experiment(cfg, tmp_path / name)
         return load_weights(tmp_path / name / FINAL_WEIGHTS_FILE)[1]
@@ -466,3 +467,23 @@ def test_a_release_that_would_exceed_the_budget_is_withheld():
     assert inner.reports[-1].skipped_reason.startswith("privacy budget: round 1 was withheld")
     assert fields["dp_epsilon"] == 0.0 and fields["dp_noise_multiplier"] == 0.0
     assert fields["stopped_reason"] == inner.reports[-1].skipped_reason and privacy.budget_exhausted
+
+
+def test_a_resumed_dp_run_draws_fresh_noise(tmp_path):
+    from test_resume import CrashingGrid
+
+    from fedloom.experiment import prepare_experiment, resume_experiment, setup
+
+    cfg = config("strategy=simple", "dp=central_fixed", "num_clients=5", "clients_per_round=5",
+                 "num_rounds=2", "checkpoint_every=1", "plot=false")
+    experiment = prepare_experiment(cfg, tmp_path / "killed")
+    grid = CrashingGrid(setup.build_client_app(experiment.cfg), 5, seed=0, crash_round=2)
+    with pytest.raises(SystemExit):
+        experiment.start(grid)
+    shutil.copytree(tmp_path / "killed", tmp_path / "again")  # the same checkpoint, twice
+    first, second = resume_experiment(tmp_path / "killed"), resume_experiment(tmp_path / "again")
+    assert first[2]["dp_epsilon"] == second[2]["dp_epsilon"] == pytest.approx(
+        wor_epsilon(5, 5, [0.5], 2, 1e-5), rel=1e-9)  # the accountant resumes
+    a = load_weights(tmp_path / "killed" / FINAL_WEIGHTS_FILE)[1]
+    b = load_weights(tmp_path / "again" / FINAL_WEIGHTS_FILE)[1]
+    assert not all(np.array_equal(x, y) for x, y in zip(a, b))  # round 2's noise is new

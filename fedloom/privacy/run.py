@@ -135,12 +135,13 @@ class PrivacyRun:
         if multiplier is not None:
             self.accountant.compose(multiplier)
         epsilon = self.accountant.epsilon()
+        server_round = report.server_round if report is not None else getattr(release, "server_round", "?")
         if self.settings.max_epsilon is not None and not self.budget_exhausted:
             projected = self.accountant.epsilon_if(full_round_multiplier(self.settings))
             if projected > self.settings.max_epsilon:
                 self.budget_exhausted = True
                 self.stopped_reason = (
-                    f"privacy budget: epsilon {epsilon:.4g} after round {report.server_round}; "
+                    f"privacy budget: epsilon {epsilon:.4g} after round {server_round}; "
                     f"another round would bring it to {projected:.4g} > "
                     f"dp.max_epsilon={self.settings.max_epsilon:g}")
         fields: dict[str, Any] = {
