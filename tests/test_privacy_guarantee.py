@@ -290,6 +290,9 @@ def test_a_release_that_would_exceed_the_budget_is_withheld():
     assert inner.reports[-1].skipped_reason.startswith("privacy budget: round 1 was withheld")
     assert fields["dp_epsilon"] == 0.0 and fields["dp_noise_multiplier"] == 0.0
     assert fields["stopped_reason"] == inner.reports[-1].skipped_reason and privacy.budget_exhausted
+    # a budget below one full round is a config error: the run could release nothing
+    with pytest.raises(ConfigError, match=r"dp.max_epsilon=.* is below the epsilon of a single round"):
+        dp_round({**FIXED, "max_epsilon": full / 2}, num_nodes=4)
 
 
 def test_a_resumed_dp_run_draws_fresh_noise(tmp_path):

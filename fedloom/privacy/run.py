@@ -68,8 +68,9 @@ class PrivacyRun:
 
         Raises:
             ConfigError: ``settings.strict`` and the strategy's aggregation is one the
-                epsilon does not cover (:func:`accounting_problems`), or its client
-                sampling follows a seed while the run is not ``insecure_reproducible``.
+                epsilon does not cover (:func:`accounting_problems`), its client
+                sampling follows a seed while the run is not ``insecure_reproducible``,
+                or ``dp.max_epsilon`` is below the epsilon of one round.
         """
         name = strategy_name or type(strategy).__name__
         problems = accounting_problems(strategy.schedule)
@@ -88,6 +89,14 @@ class PrivacyRun:
                 "does not hold. Build the strategy with secure_sampling=True, or set "
                 "dp.insecure_reproducible=true (no guarantee)."
             )
+        budget = self.settings.max_epsilon
+        if budget is not None and self.accountant.num_releases == 0:
+            first = SampledRdpAccountant(self.settings).epsilon_if(full_round_multiplier(self.settings))
+            if first > budget:
+                raise ConfigError(
+                    f"dp.max_epsilon={budget:g} is below the epsilon of a single round "
+                    f"({first:.4g}): the run could release nothing. Raise dp.max_epsilon, "
+                    "dp.noise_multiplier or num_clients, or lower clients_per_round.")
         self.wrapper = dp_wrapper(strategy, self.settings, self.noise_rng)
         admit = self._admit if self.settings.max_epsilon is not None else None
         return ScreenReplies(self.wrapper, strategy, admit=admit)
