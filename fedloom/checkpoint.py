@@ -17,10 +17,11 @@ round          the last completed round
 arrays         the global model after that round (``keys``, ``values``)
 strategy       :func:`strategy_state`: sampling RNG, schedule (momentum) state,
                the state of wrappers around it (e.g. adaptive clipping norm)
-random         :func:`global_random_state` (Python's and numpy's global RNGs,
-               which Flower's DP wrappers draw their noise from)
+random         :func:`global_random_state` (Python's and numpy's global RNGs);
+               ``None`` in DP runs, whose noise must not be recoverable
 history        the per-round records so far
-accountant     the privacy accountant's releases (DP runs)
+privacy        ``PrivacyRun.state_dict()``: the accountant's releases (DP runs;
+               never the noise generator, unless ``dp.insecure_reproducible``)
 config         the run's resolved config
 =============  ============================================================
 
@@ -215,8 +216,8 @@ def load_strategy_state(strategy: Any, state: Mapping[str, Any]) -> None:
 def global_random_state() -> dict[str, Any]:
     """The states of Python's ``random`` and numpy's legacy global RNG.
 
-    fedloom itself never draws from them (its randomness is seeded explicitly), but
-    Flower's DP wrappers draw their Gaussian noise from ``np.random``.
+    fedloom itself never draws from them (its randomness is seeded explicitly); a
+    Flower strategy or a user's code might.
     """
     version, internal, gauss = random.getstate()
     name, keys, position, has_gauss, cached = np.random.get_state()

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
         (["dp=central_fixed", "dp.delta=0"], "dp.delta=0 is not allowed: it must be in (0, 1)"),
         (["dp=central_fixed", "dp.noise_multiplier=0"], "dp.noise_multiplier=0 is not allowed: it must be a number > 0"),
         (["dp=central_fixed", "dp.clipping_side=both"], "dp.clipping_side='both' is not allowed: use server or client"),
-        (["dp=central_fixed", "dp.accounting=pld"], "dp.accounting='pld' is not allowed: use poisson or without_replacement"),
+        (["dp=central_fixed", "dp.accounting=pld"], "dp.accounting='pld' is not allowed: use without_replacement or no_amplification"),
         (["dp=central_adaptive", "dp.noise_multiplier=1.0"], "dp.noise_multiplier=1.0 is not allowed with dp.clipped_count_stddev=0.5"),
         (["dp=central_fixed", "compression=int8"], "dp=central_fixed is not allowed with compression=int8"),
         (["strategy=robust_trimmed", "strategy.bucket_size=1", "clients_per_round=2"], "strategy.beta=0.2 trims nothing with clients_per_round=2: a trimmed mean"),

@@ -163,8 +163,11 @@ class CrashingGrid(LocalGrid):
 
 
 def test_dp_run_resumes_with_noise_rng_clipping_norm_and_accountant(tmp_path):
+    # bit for bit only when explicitly insecure: a real DP run's noise and sample are
+    # secret, never checkpointed (tests/test_privacy.py)
     cfg = config("strategy=simple", "dp=central_adaptive", "num_clients=20", "clients_per_round=10",
-                 "num_rounds=6", "checkpoint_every=2", "faults.crash=0.2", "plot=false")
+                 "num_rounds=6", "checkpoint_every=2", "faults.crash=0.2", "plot=false",
+                 "dp.insecure_reproducible=true")
     whole = run_experiment(cfg, tmp_path / "whole")
 
     experiment = prepare_experiment(cfg, tmp_path / "killed")
@@ -180,10 +183,10 @@ def test_dp_run_resumes_with_noise_rng_clipping_norm_and_accountant(tmp_path):
     _, got = load_weights(tmp_path / "killed" / FINAL_WEIGHTS_FILE)
     for a, b in zip(expected, got):
         assert a.tobytes() == b.tobytes()
-    for key in ("accuracy", "dp_epsilon", "dp_clipping_norm", "num_rejected"):
-        assert [r[key] for r in resumed] == [r[key] for r in whole]
-    assert whole[-1]["dp_epsilon"] > whole[1]["dp_epsilon"] > 0
-    assert len({r["dp_clipping_norm"] for r in whole}) == len(whole)  # adaptive: moves every round
+    for key in ("accuracy", "dp_noise_multiplier", "dp_clipping_norm", "num_rejected"):
+        assert [r.get(key) for r in resumed] == [r.get(key) for r in whole]
+    assert all(r["dp_epsilon"] is None for r in whole[1:])  # insecure: no guarantee
+    assert len({r["dp_clipping_norm"] for r in whole[1:]}) == len(whole) - 1  # adaptive: moves every round
     assert sum(r["rejected"].get("client_error", 0) for r in whole) > 0  # crashes screened, not fatal
 
 

@@ -15,6 +15,8 @@ seconds            wall time of the round (training, aggregation, evaluation)
 time               Unix time the record was made
 cumulative_*       running totals of bytes and seconds
 train_*, client_*  the clients' reported metrics, averaged by example count
+dp_*               DP runs, rounds >= 1: privacy spent (``fedloom.privacy``)
+stopped_reason     why the run ended before ``num_rounds`` (privacy budget)
 =================  ===========================================================
 """
 
@@ -79,6 +81,16 @@ class RunHistory:
         self.write()
         self.print_progress(record)
         return record
+
+    def annotate(self, server_round: int, fields: Mapping[str, Any]) -> None:
+        """Add ``fields`` (e.g. the privacy spent, known once the round has ended) to
+        the record of ``server_round`` and rewrite ``history.json``."""
+        for record in reversed(self.records):
+            if record["round"] == server_round:
+                record.update(fields)
+                self.write()
+                return
+        raise KeyError(f"history has no record of round {server_round} to annotate.")
 
     def print_progress(self, record: Mapping[str, Any]) -> None:
         rejected = f" (rejected {record['num_rejected']})" if record["num_rejected"] else ""

@@ -40,7 +40,7 @@ class Experiment:
     history: RunHistory
     evaluate_fn: Any
     server_strategy: Any = None  # what runs the rounds: ``strategy`` or a DP wrapper of it
-    accountant: Any = None  # fedloom.privacy.PrivacyAccountant of a DP run
+    privacy: Any = None  # fedloom.privacy.PrivacyRun of a DP run
     checkpoint: dict[str, Any] | None = None  # a loaded checkpoint to continue from
 
     def start(self, grid) -> list[dict[str, Any]]:
@@ -54,19 +54,22 @@ class Experiment:
         if self.checkpoint is not None:
             first_round, arrays = self._restore(self.checkpoint)
         self.history.restart_clock()
-        result = run_rounds(
-            self.server_strategy or self.strategy,
-            grid,
-            arrays,
-            int(self.cfg["num_rounds"]),
-            first_round=first_round,
-            timeout=float(self.cfg["round_timeout"]),
-            train_config=setup.train_config(self.cfg),
-            evaluate_fn=self.evaluate_fn,
-            on_round_end=self._round_end,
-        )
-        save_weights(self.output_dir / FINAL_WEIGHTS_FILE, list(result.arrays.keys()),
-                     arrayrecord_views(result.arrays))
+        try:
+            arrays = run_rounds(
+                self.server_strategy or self.strategy,
+                grid,
+                arrays,
+                int(self.cfg["num_rounds"]),
+                first_round=first_round,
+                timeout=float(self.cfg["round_timeout"]),
+                train_config=setup.train_config(self.cfg),
+                evaluate_fn=self.evaluate_fn,
+                on_round_end=self._round_end,
+            ).arrays
+        except _BudgetStop as stop:  # dp.max_epsilon reached: the last round is final
+            arrays = stop.arrays
+        save_weights(self.output_dir / FINAL_WEIGHTS_FILE, list(arrays.keys()),
+                     arrayrecord_views(arrays))
         if self.cfg.get("plot", True):
             target = self.cfg["strategy"]["_target_"].split(".", 2)[-1]
             plot_history(self.history.records, self.output_dir / "plot.png",
@@ -74,10 +77,18 @@ class Experiment:
         return self.history.records
 
     def _round_end(self, server_round: int, arrays, result) -> None:
+        stop = False
+        if self.privacy is not None:  # the round's release is accounted here, once
+            reports = self.strategy.reports
+            report = reports[-1] if reports and reports[-1].server_round == server_round else None
+            self.history.annotate(server_round, self.privacy.record_round(report))
+            stop = self.privacy.budget_exhausted
         every = int(self.cfg.get("checkpoint_every", 0) or 0)
-        last = server_round == int(self.cfg["num_rounds"])
+        last = server_round == int(self.cfg["num_rounds"]) or stop
         if every and (server_round % every == 0 or last):
             self.save_checkpoint(server_round, arrays)
+        if stop:
+            raise _BudgetStop(arrays)
 
     def save_checkpoint(self, server_round: int, arrays) -> Path:
         """Write the state after ``server_round`` (global model ``arrays``) atomically."""
@@ -93,9 +104,9 @@ class Experiment:
             "round": server_round,
             "arrays": {"keys": list(arrays.keys()), "values": arrayrecord_views(arrays)},
             "strategy": strategy_state(self.server_strategy or self.strategy),
-            "random": global_random_state(),
+            "random": None if self.privacy else global_random_state(),  # never DP noise state
             "history": self.history.records,
-            "accountant": self.accountant.state_dict() if self.accountant else None,
+            "privacy": self.privacy.state_dict() if self.privacy else None,
             "config": dict(self.cfg),
         })
 
@@ -106,9 +117,10 @@ class Experiment:
         from fedloom.records import ndarrays_to_arrayrecord
 
         load_strategy_state(self.server_strategy or self.strategy, checkpoint["strategy"])
-        set_global_random_state(checkpoint["random"])
-        if self.accountant is not None and checkpoint.get("accountant"):
-            self.accountant.load_state_dict(checkpoint["accountant"])
+        if checkpoint.get("random") is not None and self.privacy is None:
+            set_global_random_state(checkpoint["random"])
+        if self.privacy is not None and checkpoint.get("privacy"):
+            self.privacy.load_state_dict(checkpoint["privacy"])
         self.history.records = list(checkpoint["history"])
         self.history.write()
         round_done = int(checkpoint["round"])
@@ -135,12 +147,11 @@ def prepare_experiment(cfg: Mapping[str, Any], output_dir: str | Path) -> Experi
         json.dumps(setup.client_stats(clients, dataset.num_classes))
     )
     strategy = setup.build_strategy(cfg)
-    from fedloom.privacy import PrivacySettings, prepare_privacy, seed_global_numpy
+    from fedloom.privacy import PrivacyRun, PrivacySettings
 
     dp = PrivacySettings.from_config(cfg.get("dp"), int(cfg["clients_per_round"]), int(cfg["num_clients"]))
-    server_strategy, accountant = prepare_privacy(strategy, dp, cfg["strategy"]["_target_"])
-    if dp.enabled:
-        seed_global_numpy(int(cfg["seed"]))
+    privacy = PrivacyRun(dp, seed=int(cfg["seed"])) if dp.enabled else None
+    server_strategy = privacy.wrap(strategy, cfg["strategy"]["_target_"]) if privacy else strategy
 
     from fedloom.clients import get_trainer
     from fedloom.records import ndarrays_to_arrayrecord
@@ -149,16 +160,9 @@ def prepare_experiment(cfg: Mapping[str, Any], output_dir: str | Path) -> Experi
     initial = trainer.initial_weights()
     initial_arrays = ndarrays_to_arrayrecord(initial, [str(i) for i in range(len(initial))])
     history = RunHistory(output_dir, int(cfg["num_rounds"]))
-    round_metrics = None
-    if accountant is not None:
-        from fedloom.privacy import privacy_metrics
-
-        def round_metrics(server_round, report):
-            return privacy_metrics(accountant, server_strategy, report)
-
-    evaluate_fn = _central_evaluation(trainer, dataset, strategy, history, round_metrics)
+    evaluate_fn = _central_evaluation(trainer, dataset, strategy, history)
     return Experiment(cfg, output_dir, strategy, initial_arrays, history, evaluate_fn,
-                      server_strategy=server_strategy, accountant=accountant)
+                      server_strategy=server_strategy, privacy=privacy)
 
 
 def run_experiment(cfg: Mapping[str, Any], output_dir: str | Path) -> list[dict[str, Any]]:
@@ -189,16 +193,23 @@ def resume_experiment(run_dir: str | Path) -> list[dict[str, Any]]:
     return _run_on_engine(experiment)
 
 
+class _BudgetStop(Exception):
+    """Raised after the last round ``dp.max_epsilon`` allows; ``arrays``: the final model."""
+
+    def __init__(self, arrays) -> None:
+        super().__init__("privacy budget exhausted")
+        self.arrays = arrays
+
+
 def _run_on_engine(experiment: Experiment) -> list[dict[str, Any]]:
     if experiment.cfg["engine"]["name"] == "local":
         return _run_local(experiment)
     return _run_flower(experiment)
 
 
-def _central_evaluation(trainer, dataset, strategy, history: RunHistory, round_metrics=None):
+def _central_evaluation(trainer, dataset, strategy, history: RunHistory):
     """Flower ``evaluate_fn``: test-set loss/accuracy of the global model each round,
-    recorded with the strategy's report of that round (plus ``round_metrics(round,
-    report)``, e.g. the privacy spent, when given)."""
+    recorded with the strategy's report of that round."""
     from flwr.app import MetricRecord
 
     from fedloom.records import arrayrecord_views
@@ -208,8 +219,6 @@ def _central_evaluation(trainer, dataset, strategy, history: RunHistory, round_m
         reports = [r for r in strategy.reports if r.server_round == server_round]
         report = reports[-1] if reports else None
         metrics = {"accuracy": accuracy, "loss": loss}
-        if round_metrics is not None:
-            metrics.update(round_metrics(server_round, report))
         history.record_round(server_round, metrics, report)
         return MetricRecord({"accuracy": float(accuracy), "loss": float(loss)})
 

@@ -141,8 +141,8 @@ def reliability_mods(cfg: Mapping[str, Any]) -> list:
 def build_strategy(cfg: Mapping[str, Any]):
     """Instantiate ``cfg.strategy`` (its ``_target_``) with the experiment's sampling.
 
-    ``clients_per_round`` of ``num_clients`` are sampled each round (seeded), federated
-    evaluation is off (the server evaluates the global model on the test set).
+    ``clients_per_round`` of ``num_clients`` are sampled each round (seeded; secret under
+    DP), federated evaluation is off (the server evaluates the global model on the test set).
     """
     from hydra.utils import instantiate
 
@@ -159,12 +159,22 @@ def build_strategy(cfg: Mapping[str, Any]):
             min_valid_updates=int(cfg["min_valid_updates"]),
             seed=int(cfg["seed"]),
             absurd_norm_ratio=_absurd_norm_ratio(cfg),
+            **_secret_sampling(cfg),
         )
     except Exception as err:  # Hydra wraps the constructor's TypeError/ConfigError
         cause = err.__cause__ or err
         raise ConfigError(
             f"strategy={options['_target_']} cannot be built: {cause}".replace("\n", " ")
         ) from err
+
+
+def _secret_sampling(cfg: Mapping[str, Any]) -> dict[str, bool]:
+    """Under DP the client sample is secret (``secure_sampling``), unless the run is
+    explicitly ``dp.insecure_reproducible`` (see fedloom.privacy)."""
+    dp = cfg.get("dp") or {}
+    if dp.get("mode", "none") == "none" or dp.get("insecure_reproducible", False):
+        return {}
+    return {"secure_sampling": True}
 
 
 def _absurd_norm_ratio(cfg: Mapping[str, Any]) -> float | None:

@@ -67,6 +67,8 @@ class FedloomStrategy(FedAvg):
             min_available_nodes: node sampling, as in Flower's ``FedAvg``.
         min_valid_updates: a round with fewer valid updates keeps the global model.
         seed: seeds node sampling (``None``: a random seed), so runs can be repeated.
+        secure_sampling: sample nodes with ``random.SystemRandom`` (OS entropy; ``seed``
+            is ignored and nothing is checkpointed), as differential privacy needs.
         weighted_by_key: the reply metric holding the client's example count.
         absurd_norm_ratio: leave out (reason ``absurd_norm``) any update farther from
             the global model than this many times the round's median distance (with
@@ -99,6 +101,7 @@ class FedloomStrategy(FedAvg):
         arrayrecord_key: str = "arrays",
         configrecord_key: str = "config",
         absurd_norm_ratio: float | None = None,
+        secure_sampling: bool = False,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -113,7 +116,8 @@ class FedloomStrategy(FedAvg):
         self.schedule = method if isinstance(method, Schedule) else Schedule([(1, method)])
         self.min_valid_updates = int(min_valid_updates)
         self.seed = seed
-        self._rng = random.Random(seed)
+        self.secure_sampling = bool(secure_sampling)  # DP: a secret sample, never saved
+        self._rng = random.SystemRandom() if secure_sampling else random.Random(seed)
         self._global_keys: list[str] = []
         self._global_weights: list[np.ndarray] | None = None
         self._bytes_sent = 0
@@ -128,13 +132,16 @@ class FedloomStrategy(FedAvg):
         """What a checkpoint must hold to continue this strategy bit for bit: the state of
         the node-sampling RNG and the schedule's stage states (e.g. server momentum).
         Arrays stay numpy arrays; everything else is JSON-compatible."""
+        if self.secure_sampling:
+            return {"schedule": self.schedule.state_dict()}
         version, internal, gauss = self._rng.getstate()
         return {"rng": [version, list(internal), gauss], "schedule": self.schedule.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
-        version, internal, gauss = state["rng"]
-        self._rng.setstate((int(version), tuple(int(v) for v in internal), gauss))
+        if not self.secure_sampling and "rng" in state:
+            version, internal, gauss = state["rng"]
+            self._rng.setstate((int(version), tuple(int(v) for v in internal), gauss))
         self.schedule.load_state_dict(state.get("schedule", {}))
 
     def summary(self) -> None:
