@@ -17,11 +17,13 @@ from fedloom.strategies.message_api import (
     WeightedAverage,
 )
 from fedloom.strategies.reporting import RoundReport
+from fedloom.strategies.round import RoundAggregator
 
 __all__ = [
     "FederatedAveraging",
     "FedloomStrategy",
     "Hybrid",
+    "RoundAggregator",
     "RoundReport",
     "SimpleAverage",
     "WeightedAverage",
