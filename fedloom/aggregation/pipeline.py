@@ -240,7 +240,7 @@ class Pipeline:
         """The stateful stages' states by stage name (those still in their initial,
         empty state are left out)."""
         return {name: dict(state) for name, state in self.states.items()
-                if state and any(v not in (None, [], {}) for v in state.values())}
+                if state and any(not _empty(v) for v in state.values())}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (stages not in it start afresh)."""
@@ -254,6 +254,10 @@ class Pipeline:
         self.states = {name: by_name[name].init() for name in self.states}
         for key, stage_state in state.items():
             self.states[key] = by_name[key].restore(stage_state)
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, (list, tuple, dict)) and len(value) == 0)
 
 
 def _unique_names(named: Sequence[tuple[str | None, Stage]]) -> tuple[str, ...]:

@@ -161,9 +161,8 @@ class FedloomLegacyStrategy(FedAvg):
             if secure and reference is not None:
                 weights = _cast_floats_like(weights, reference)
             updates.append(ClientUpdate(proxy.cid, weights, fit_res.num_examples, fit_res.metrics))
-        answered = {proxy.cid for proxy, _ in results}
-        answered |= {f[0].cid for f in failures if not isinstance(f, BaseException)}
-        rejected += self.round.missing_replies(answered)
+        # no "no_reply" rejections here: Flower's legacy server reports a client that
+        # timed out as a failure (an exception without its cid), counted above
         result, report = self.round.aggregate(server_round, updates, rejected, bytes_received=num_bytes)
         parameters = None if result.weights is None else ndarrays_to_parameters(result.weights)
         if parameters is not None and self.initial_parameters is not None:
