@@ -178,17 +178,17 @@ def test_hand_computed_centered_clipping_bounds_a_far_update():
 
 def test_centered_clip_stage_starts_from_the_last_step_and_saves_it():
     first = client_updates([[1, 1]] * 3)  # everybody moves the model by (1, 1)
-    stage = CenteredClip()
-    Pipeline(stage)(GLOBAL, first)
-    np.testing.assert_allclose(stage.state_dict()["step"][0], [1, 1])
+    pipeline = Pipeline(CenteredClip())
+    pipeline(GLOBAL, first)
+    np.testing.assert_allclose(pipeline.state_dict()["centered_clip"]["step"][0], [1, 1])
     moved = [np.ones(2, np.float32)]
     # honest clients step (1, 1) again, one attacker pulls back hard; the centre (2, 2)
     # is where the last step leads, and the median distance from it is 0
     second = [ClientUpdate(f"c{k}", [np.full(2, 2.0, np.float32)], 1) for k in range(3)]
     second.append(ClientUpdate("bad", [np.full(2, -100.0, np.float32)], 1))
-    resumed = CenteredClip()
-    resumed.load_state_dict(stage.state_dict())
-    result = Pipeline(resumed)(moved, second)
+    resumed = Pipeline(CenteredClip())
+    resumed.load_state_dict(pipeline.state_dict())
+    result = resumed(moved, second)
     np.testing.assert_allclose(result.weights[0], [2, 2])
     with pytest.raises(ConfigError, match="median_multiple > 0"):
         CenteredClip(median_multiple=0)
@@ -313,7 +313,8 @@ def test_norm_reference_over_rounds_outvotes_a_round_with_attacker_majority():
     assert windowed(GLOBAL, attacked).rejected_counts() == {"norm_outlier": 4}
     assert one_round(GLOBAL, attacked).rejected_counts() == {}  # the round's median is ~30
     saved = windowed.state_dict()
-    assert saved == {"0": {"recent_medians": [1.0, 1.0, 1.0, 1.0, pytest.approx(np.hypot(25, 15))]}}
+    assert saved == {"reject_norm_outliers": {"recent_medians": [1.0, 1.0, 1.0, 1.0,
+                                                                 pytest.approx(np.hypot(25, 15))]}}
     fresh = Pipeline(RejectNormOutliers(max_ratio=2.5, window=5), Mean())
     fresh.load_state_dict(saved)
     assert fresh(GLOBAL, attacked).rejected_counts() == {"norm_outlier": 4}
@@ -458,4 +459,28 @@ def test_one_pass_pipeline_equals_running_the_stages_one_by_one(stages):
     assert fused.used == [u.client_id for u in state.updates]
     assert sorted(r.reason for r in fused.rejected) == sorted(r.reason for r in state.rejected)
     for a, b in zip(fused.weights, state.aggregate):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        assert a.tobytes() == b.tobytes()  # the documented order's result, bit for bit
+
+
+def test_one_pass_pipeline_keeps_the_documented_order_when_the_weighting_rejects():
+    # norms 0.1, 1, 1, 3, 3, 7.5; client c0 reports no quality. In the documented order
+    # the filter sees all six norms (median 2, limit 6) and rejects c5; only then does
+    # the weighting leave c0 out. Weighing first would hide c0's norm (median 3, limit 9).
+    norms = [0.1, 1.0, 1.0, 3.0, 3.0, 7.5]
+    updates = client_updates([[n, 0.0] for n in norms], num_examples=[10] * 6,
+                             quality=[0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    updates[0] = ClientUpdate("c0", updates[0].weights, 10, {})
+
+    def stages():
+        return [RejectNormOutliers(max_ratio=3.0), WeightBy("quality"), Mean()]
+
+    fused = Pipeline(*stages())(GLOBAL, updates)
+    from fedloom.aggregation import RoundState
+
+    state = RoundState(0, GLOBAL, list(updates))
+    for stage in stages():
+        stage(state)
+    assert [(r.client_id, r.reason) for r in fused.rejected] == [
+        ("c5", "norm_outlier"), ("c0", "missing_metric")]
+    assert fused.used == [u.client_id for u in state.updates] == ["c1", "c2", "c3", "c4"]
+    assert fused.weights[0].tobytes() == state.aggregate[0].tobytes()

@@ -74,7 +74,7 @@ CONF = ROOT / "conf"
          "strategy.betta=0.1 is not allowed: conf/strategy/robust_trimmed.yaml has no 'betta' (did you mean beta?)"),
         (["strategy.beta=0.1"], "strategy.beta=0.1 is not allowed: conf/strategy/weighted.yaml has no 'beta'; its settings: _target_, weight_by"),
         (["partition=iid", "partition.alpha=0.5"], "partition.alpha=0.5 is not allowed: conf/partition/iid.yaml has no 'alpha'"),
-        (["strategy=fedprox"], "strategy='fedprox' is not allowed: choose one of fedavg, robust_centered_clip, robust_krum, "),
+        (["strategy=fedyogi"], "strategy='fedyogi' is not allowed: choose one of fedavg, fedprox, robust_centered_clip, robust_krum, "),
     ],
 )
 def test_unknown_keys_and_options_on_the_command_line_fail_in_one_line(overrides, message):
@@ -107,7 +107,7 @@ def run_cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     [
         (["num_rounds=-5"], "error: num_rounds=-5 is not allowed: it must be an integer >= 1."),
         (["fraction_train=1.2"], "error: fraction_train=1.2 is not allowed: it must be a number in (0.0, 1.0]."),
-        (["strategy=fedprox"], "error: strategy='fedprox' is not allowed: choose one of fedavg, robust_centered_clip, robust_krum, "),
+        (["strategy=fedyogi"], "error: strategy='fedyogi' is not allowed: choose one of fedavg, fedprox, robust_centered_clip, robust_krum, "),
         (["num_round=5"], "error: num_round=5 is not allowed: 'num_round' is not a fedloom setting (did you mean num_rounds?)"),
         (["strategy=robust_trimmed", "strategy.beta=0.6"], "error: strategy.beta=0.6 is not allowed: it must be in [0, 0.5)."),
         (["strategy=robust_trimmed", "strategy.beta=0.4", "strategy.bucket_size=1", "clients_per_round=2"],

@@ -95,7 +95,7 @@ def test_norm_filter_history_round_trips_through_a_checkpoint_file(tmp_path):
 
     first = robust()
     run_rounds(first, LocalGrid(message_app, 6, seed=1), ArrayRecord(INITIAL_WEIGHTS), 3)
-    filter_state = first.state_dict()["schedule"]["0"]["0"]
+    filter_state = first.state_dict()["schedule"]["reject_norm_outliers"]
     assert len(filter_state["recent_medians"]) == 3 and min(filter_state["recent_medians"]) > 0
     save_checkpoint(tmp_path / "c.npz", {"strategy": first.state_dict()})
     second = robust()
@@ -116,7 +116,7 @@ def test_centred_clipping_resumes_from_its_last_step_bit_for_bit(tmp_path):
             saved.update(arrays=arrays.to_numpy_ndarrays(), strategy=first.state_dict())
 
     run_rounds(first, LocalGrid(message_app, 6, seed=1), ArrayRecord(INITIAL_WEIGHTS), 3, on_round_end=keep)
-    assert "step" in saved["strategy"]["schedule"]["0"]["2"]  # filter, weighting, centred clip
+    assert "step" in saved["strategy"]["schedule"]["centered_clip"]
     save_checkpoint(tmp_path / "c.npz", saved)
     loaded = load_checkpoint(tmp_path / "c.npz")
     second = robust()

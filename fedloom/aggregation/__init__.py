@@ -2,12 +2,15 @@
 
 Functions take a list of client updates (each a list of numpy arrays, one model's
 weights) and return new arrays with the same shapes and dtypes. Stages and pipelines
-compose them into whole methods (see ``pipeline``).
+compose them into whole methods (see ``pipeline``); ``stages`` says what a stage is,
+and the stages live by kind in ``filters``, ``weighting``, ``reducers`` and
+``server_step``.
 """
 
 from fedloom.aggregation.checks import REASONS, check_finite, check_update
 from fedloom.aggregation.mean import unweighted_mean, weighted_mean
-from fedloom.aggregation.pipeline import AggregationResult, Pipeline, Schedule
+from fedloom.aggregation.pipeline import AggregationResult, Pipeline
+from fedloom.aggregation.schedule import Schedule
 from fedloom.aggregation.robust import (
     centered_clip,
     clip_to_norm,
@@ -19,21 +22,12 @@ from fedloom.aggregation.robust import (
     update_norms,
 )
 from fedloom.aggregation.round_state import ClientUpdate, Rejection, RoundState
-from fedloom.aggregation.server_step import server_update
-from fedloom.aggregation.stages import (
-    Bucket,
-    CenteredClip,
-    ClipNorm,
-    CoordinateMedian,
-    KrumSelect,
-    Mean,
-    RejectNormOutliers,
-    ServerStep,
-    Stage,
-    TrimmedMean,
-    WeightBy,
-)
+from fedloom.aggregation.filters import Bucket, ClipNorm, KrumSelect, RejectNormOutliers
+from fedloom.aggregation.reducers import CenteredClip, CoordinateMedian, Mean, TrimmedMean
+from fedloom.aggregation.server_step import ServerStep, server_update
+from fedloom.aggregation.stages import Stage
 from fedloom.aggregation.weighting import (
+    WeightBy,
     num_examples_weights,
     quality_scores,
     quality_weights,

@@ -1,4 +1,5 @@
-"""The server's step from the old global model towards the clients' aggregate.
+"""The server's step from the old global model towards the clients' aggregate: the
+function :func:`server_update` and the pipeline stage :class:`ServerStep`.
 
 With ``learning_rate=1`` and ``momentum=0`` the new global model *is* the aggregate
 (plain FedAvg, McMahan et al. 2017). Otherwise the aggregate defines a pseudo-gradient
@@ -12,13 +13,17 @@ for Federated Visual Classification", https://arxiv.org/abs/1909.06335):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from fedloom.aggregation._blocks import cast_like
+from fedloom.aggregation.round_state import RoundState
+from fedloom.aggregation.stages import Stage
+from fedloom.errors import ConfigError
 
-__all__ = ["server_update"]
+__all__ = ["server_update", "ServerStep"]
 
 
 def server_update(
@@ -54,3 +59,57 @@ def server_update(
             new_velocity.append(step.astype(np.float32 if old.dtype != np.float64 else np.float64))
         new_weights.append(cast_like(np.asarray(old, dtype=np.float64) - learning_rate * step, old))
     return new_weights, (new_velocity if momentum > 0.0 else None)
+
+
+class ServerStep(Stage):
+    """Server learning rate and momentum on the pseudo-gradient (FedAvgM, Hsu et al. 2019).
+
+    ``learning_rate=1, momentum=0`` (the default) keeps the aggregate as the new model
+    (the identity step). The momentum buffer is this stage's state, ``{"velocity":
+    [arrays] or None}`` (saved by checkpoints). Needs the global model, except as the
+    identity step.
+    """
+
+    kind = "server_step"
+    stateful = True
+
+    def __init__(self, learning_rate: float = 1.0, momentum: float = 0.0) -> None:
+        if not learning_rate > 0:
+            raise ConfigError(f"server learning_rate must be > 0; got {learning_rate}.")
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"server momentum must be in [0, 1); got {momentum}.")
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+
+    @property
+    def is_identity(self) -> bool:
+        """``learning_rate=1, momentum=0``: the new model is the aggregate itself."""
+        return self.learning_rate == 1.0 and self.momentum == 0.0
+
+    @property
+    def needs_global_model(self) -> bool:  # type: ignore[override]
+        return not self.is_identity
+
+    @property
+    def dp_sensitivity_preserving(self) -> bool:  # type: ignore[override]
+        """Only the identity step leaves the noised mean as it is."""
+        return self.is_identity
+
+    def init(self) -> dict[str, Any]:
+        return {"velocity": None}
+
+    def restore(self, saved: Mapping[str, Any]) -> dict[str, Any]:
+        velocity = saved.get("velocity")
+        return {"velocity": None if velocity is None else [np.asarray(v) for v in velocity]}
+
+    def update(self, state: RoundState, stage_state: Any) -> dict[str, Any]:
+        if state.aggregate is None:
+            raise ConfigError("ServerStep must come after a reducer (no aggregate to step to).")
+        state.aggregate, velocity = server_update(
+            state.global_weights,
+            state.aggregate,
+            learning_rate=self.learning_rate,
+            momentum=self.momentum,
+            velocity=(stage_state or self.init())["velocity"],
+        )
+        return {"velocity": velocity}

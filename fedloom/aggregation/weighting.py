@@ -1,4 +1,5 @@
-"""How much each client update counts: weights from data size, quality, or both.
+"""How much each client update counts: weights from data size, quality, or both, and
+the weighting stage :class:`WeightBy` that sets them in a pipeline.
 
 All functions return float64 arrays of non-negative weights, one per client, not yet
 normalised (the reducers normalise).
@@ -23,11 +24,19 @@ well the client's model does on its own validation data.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from fedloom.aggregation.round_state import ClientUpdate, RoundState
+from fedloom.aggregation.stages import Stage
+from fedloom.errors import ConfigError
+
 __all__ = [
+    "WeightBy",
+    "WEIGHT_BY_CHOICES",
+    "is_number",
     "num_examples_weights",
     "quality_scores",
     "quality_weights",
@@ -84,3 +93,89 @@ def size_quality_weights(
 ) -> np.ndarray:
     """``num_examples * max(score, floor)`` per client."""
     return num_examples_weights(num_examples) * quality_weights(values, kind, floor)
+
+
+def is_number(value: object) -> bool:
+    """A finite int or float (not a bool): what a metric must be to be used."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+# --------------------------------------------------------------------------- the stage
+WEIGHT_BY_CHOICES = ("uniform", "num_examples", "quality", "num_examples*quality")
+
+
+class WeightBy(Stage):
+    """The weighting stage: set each update's coefficient.
+
+    Args:
+        by: ``"uniform"`` (every update counts the same), ``"num_examples"`` (FedAvg),
+            ``"quality"`` (the client-reported ``quality_key`` metric),
+            ``"num_examples*quality"``, or a callable ``f(ClientUpdate) -> float >= 0``.
+        quality_key: metric name holding the quality value (default ``"quality"``).
+        quality_kind: ``"accuracy"`` (higher is better, in [0, 1]) or ``"loss"``
+            (lower is better, mapped to ``1 / (1 + loss)``); see the module docstring.
+        floor: minimum quality weight in ``[0, 1]`` so a valid client never gets 0.
+
+    Updates missing the quality metric are rejected with reason ``missing_metric``
+    (so a quality weighting *may reject*). Reads only what the clients reported (never
+    the weights nor the global model); no state.
+    """
+
+    kind = "weighting"
+
+    def __init__(
+        self,
+        by: str | Callable[[ClientUpdate], float] = "num_examples",
+        *,
+        quality_key: str = "quality",
+        quality_kind: str = "accuracy",
+        floor: float = DEFAULT_QUALITY_FLOOR,
+    ) -> None:
+        if not callable(by) and by not in WEIGHT_BY_CHOICES:
+            raise ConfigError(
+                f"weight_by must be one of {WEIGHT_BY_CHOICES} or a callable; got {by!r}."
+            )
+        if quality_kind not in ("accuracy", "loss"):
+            raise ConfigError(f"quality_kind must be 'accuracy' or 'loss'; got {quality_kind!r}.")
+        if not 0.0 <= floor <= 1.0:
+            raise ConfigError(f"quality floor must be in [0, 1]; got floor={floor}.")
+        self.by = by
+        self.quality_key = quality_key
+        self.quality_kind = quality_kind
+        self.floor = floor
+
+    @property
+    def may_reject(self) -> bool:  # type: ignore[override]
+        """A quality weighting leaves out updates without the quality metric."""
+        return self.by in ("quality", "num_examples*quality")
+
+    @property
+    def dp_sensitivity_preserving(self) -> bool:  # type: ignore[override]
+        """Only a uniform weighting keeps each client's share of the mean at ``1/m``."""
+        return self.by == "uniform"
+
+    def update(self, state: RoundState, stage_state: Any = None) -> None:
+        if self.may_reject:
+            has = [is_number(u.metrics.get(self.quality_key)) for u in state.updates]
+            details = [f"metric {self.quality_key!r} missing or not a finite number"] * len(has)
+            state.keep(has, "missing_metric", details)
+        updates = state.updates
+        sizes = [u.num_examples for u in updates]
+        if callable(self.by):
+            weights = np.array([float(self.by(u)) for u in updates], dtype=np.float64)
+            if not (np.isfinite(weights).all() and (weights >= 0).all()):
+                raise ConfigError(
+                    f"weight_by callable must return finite values >= 0; got {weights.tolist()}."
+                )
+        elif self.by == "uniform":
+            weights = np.ones(len(updates))
+        elif self.by == "num_examples":
+            weights = num_examples_weights(sizes)
+        else:
+            quality = [float(u.metrics[self.quality_key]) for u in updates]
+            if self.by == "quality":
+                weights = quality_weights(quality, self.quality_kind, self.floor)
+            else:
+                weights = size_quality_weights(sizes, quality, self.quality_kind, self.floor)
+        state.coefficients = weights
+        return None

@@ -180,25 +180,23 @@ class SampledRdpAccountant:
 def accounting_problems(method: Any) -> list[str]:
     """Why the epsilon would not hold for a fedloom ``Pipeline`` or ``Schedule``
     (empty: it holds): it holds for a uniform mean of the clipped updates, optionally
-    after ``ClipNorm`` and followed by the identity server step (``SimpleAverage``)."""
-    from fedloom.aggregation import ClipNorm, Mean, ServerStep, WeightBy
+    after ``ClipNorm`` and followed by the identity server step (``SimpleAverage``).
 
+    Each stage says whether it keeps the C/m sensitivity of a uniform mean of clipped
+    updates (``Stage.dp_sensitivity_preserving``); the others are named by kind."""
     phases = getattr(method, "phases", None) or [(1, method)]
     problems = []
     for start, pipeline in phases:
         where = f"{pipeline.name!r} (from round {start})"
         for stage in pipeline.stages:
-            if isinstance(stage, (ClipNorm, Mean)):
+            if stage.dp_sensitivity_preserving:
                 continue
-            if isinstance(stage, WeightBy):
-                if stage.by != "uniform":
-                    problems.append(f"{where} weights clients by {stage.by!r}, so one client can "
-                                    "count more than 1/m of the mean the noise is scaled to")
-            elif isinstance(stage, ServerStep):
-                if stage.learning_rate != 1.0 or stage.momentum != 0.0:
-                    problems.append(f"{where} applies a server step (learning rate "
-                                    f"{stage.learning_rate}, momentum {stage.momentum}) before "
-                                    "Flower adds the noise")
+            if stage.kind == "weighting":
+                problems.append(f"{where} weights clients by {getattr(stage, 'by', '?')!r}, so one "
+                                "client can count more than 1/m of the mean the noise is scaled to")
+            elif stage.kind == "server_step":
+                problems.append(f"{where} applies a server step ({stage!r}) before Flower adds "
+                                "the noise")
             else:
                 problems.append(f"{where} uses {type(stage).__name__}, whose output has no "
                                 "C/m sensitivity bound")

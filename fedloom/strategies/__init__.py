@@ -6,6 +6,11 @@ Message API (``flwr.serverapp``, the current one) — importable from here::
 
 Legacy API (``flwr.server.strategy``: ``NumPyClient`` projects, SecAgg+) — the same
 names in ``fedloom.strategies.legacy``. Needs only numpy and flwr (no TensorFlow).
+
+Both APIs' classes only translate Flower's types: the round itself (schedule, guards,
+minimum of valid updates, sampling, reports, state) is owned by
+:class:`~fedloom.strategies.round.RoundAggregator`, and the named methods' arguments
+are written once, in :mod:`fedloom.strategies.methods`.
 """
 
 from fedloom.strategies import legacy, methods
@@ -17,11 +22,13 @@ from fedloom.strategies.message_api import (
     WeightedAverage,
 )
 from fedloom.strategies.reporting import RoundReport
+from fedloom.strategies.round import RoundAggregator
 
 __all__ = [
     "FederatedAveraging",
     "FedloomStrategy",
     "Hybrid",
+    "RoundAggregator",
     "RoundReport",
     "SimpleAverage",
     "WeightedAverage",

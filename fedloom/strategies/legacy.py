@@ -15,28 +15,20 @@ bad ones are left out with a logged reason, too few valid updates keep the globa
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from flwr.common import Code, FitIns, FitRes, Parameters, Scalar
+from flwr.common import Code, EvaluateIns, FitIns, FitRes, Parameters, Scalar
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
-from fedloom.aggregation import ClientUpdate, Pipeline, Rejection, Schedule
-from fedloom.strategies.named import (
-    FederatedAveragingMixin,
-    HybridMixin,
-    SimpleAverageMixin,
-    WeightedAverageMixin,
-)
+from fedloom.aggregation import ClientUpdate, Pipeline, Rejection, Schedule, Stage
 from fedloom.records import ndarrays_to_parameters, parameters_views
-from fedloom.strategies.reporting import (
-    RoundReport,
-    absurd_norm_guards,
-    aggregate_round,
-    average_client_metrics,
-)
+from fedloom.strategies import methods
+from fedloom.strategies.reporting import average_client_metrics
+from fedloom.strategies.round import RoundAggregator
 
 __all__ = [
     "FedloomLegacyStrategy",
@@ -51,8 +43,13 @@ class FedloomLegacyStrategy(FedAvg):
     """A Flower legacy-API strategy that aggregates with a fedloom pipeline or schedule.
 
     Args:
-        method: the aggregation :class:`Pipeline`, or a :class:`Schedule` of them.
+        method: the aggregation :class:`Pipeline`, a :class:`Schedule` of them, or a
+            sequence of stages.
         min_valid_updates: a round with fewer valid updates keeps the global model.
+        seed: seeds client sampling (``None``: a random seed), so runs can be repeated
+            and resumed (Flower's own sampling draws from Python's global RNG).
+        secure_sampling: sample with ``random.SystemRandom()`` (secret, as differential
+            privacy's sampling needs); the state then holds no RNG.
         absurd_norm_ratio: leave out (reason ``absurd_norm``) any update farther from
             the global model than this many times the round's median distance (with
             >= 3 updates) or than this many times the global model's own norm. Off
@@ -64,36 +61,77 @@ class FedloomLegacyStrategy(FedAvg):
             ``evaluate_metrics_aggregation_fn``, evaluation metrics are averaged weighted
             by example count. ``fit_metrics_aggregation_fn`` is replaced by fedloom's
             round report (client metrics averaged plus ``clients-used`` etc.).
+
+    The global model: :meth:`aggregate_fit` aggregates towards the parameters
+    :meth:`configure_fit` sent; called on its own it uses ``initial_parameters`` when
+    set (as Flower's ``FedAvgM`` does), and otherwise aggregates the results' weights
+    directly, unless a stage needs the global model (then ``ConfigError`` names it).
+
+    Resuming: :meth:`state_dict` / :meth:`load_state_dict` as in the Message API
+    (sampling RNG, stage states by name); the round is owned by :attr:`round`, the same
+    :class:`~fedloom.strategies.round.RoundAggregator` the Message API uses.
     """
 
-    def __init__(self, method: Pipeline | Schedule, *, min_valid_updates: int = 1,
-                 absurd_norm_ratio: float | None = None,
-                 **fedavg_options: Any) -> None:
+    def __init__(self, method: Pipeline | Schedule | Sequence[Stage], *, min_valid_updates: int = 1,
+                 seed: int | None = None, secure_sampling: bool = False,
+                 absurd_norm_ratio: float | None = None, **fedavg_options: Any) -> None:
         fedavg_options.setdefault("evaluate_metrics_aggregation_fn", average_client_metrics)
         super().__init__(**fedavg_options)
-        self.schedule = method if isinstance(method, Schedule) else Schedule([(1, method)])
-        self.min_valid_updates = int(min_valid_updates)
-        self._global_weights: list[np.ndarray] | None = None
-        self._bytes_sent = 0
-        self.reports: list[RoundReport] = []
-        self.absurd_norm_ratio = absurd_norm_ratio
-        self._guards = absurd_norm_guards(absurd_norm_ratio)
+        self.round = RoundAggregator(method, min_valid_updates=min_valid_updates, seed=seed,
+                                     secure_sampling=secure_sampling,
+                                     absurd_norm_ratio=absurd_norm_ratio)
+
+    schedule = property(lambda self: self.round.schedule)
+    reports = property(lambda self: self.round.reports)
+    min_valid_updates = property(lambda self: self.round.min_valid_updates)
+    seed = property(lambda self: self.round.seed)
+    secure_sampling = property(lambda self: self.round.secure_sampling)
+    absurd_norm_ratio = property(lambda self: self.round.absurd_norm_ratio)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.schedule!r})"
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must hold to continue bit for bit (sampling RNG, stage states)."""
+        return self.round.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.round.load_state_dict(state)
+
+    def _sample(self, client_manager: ClientManager, sample_size: int, min_num_clients: int
+                ) -> list[ClientProxy]:
+        """Flower's ``client_manager.sample`` with the round owner's RNG."""
+        client_manager.wait_for(min_num_clients)
+        available = client_manager.all()
+        if sample_size > len(available):
+            return []
+        return [available[cid] for cid in self.round.sample(list(available), sample_size)]
+
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
-        """Flower's sampling; the config gains the pipeline's ``client_config``."""
-        self._global_weights = parameters_views(parameters)
-        instructions = super().configure_fit(server_round, parameters, client_manager)
-        extra = dict(self.schedule.at(server_round).client_config)
-        extra["server-round"] = server_round
-        for _, fit_ins in instructions:
-            fit_ins.config = {**fit_ins.config, **extra}
-        self._bytes_sent = len(instructions) * sum(len(t) for t in parameters.tensors)
-        return instructions
+        """Sample clients (seeded); the config gains the pipeline's ``client_config``."""
+        config = dict(self.on_fit_config_fn(server_round)) if self.on_fit_config_fn else {}
+        config.update(self.round.client_config(server_round))
+        sample_size, min_num_clients = self.num_fit_clients(client_manager.num_available())
+        clients = self._sample(client_manager, sample_size, min_num_clients)
+        self.round.begin_round(parameters_views(parameters), sampled=[c.cid for c in clients],
+                               bytes_sent=len(clients) * sum(len(t) for t in parameters.tensors))
+        fit_ins = FitIns(parameters, config)
+        return [(client, fit_ins) for client in clients]
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        """Flower's federated evaluation with the round owner's (seeded) sampling."""
+        if self.fraction_evaluate == 0.0:
+            return []
+        config = dict(self.on_evaluate_config_fn(server_round)) if self.on_evaluate_config_fn else {}
+        sample_size, min_num_clients = self.num_evaluation_clients(client_manager.num_available())
+        clients = self._sample(client_manager, sample_size, min_num_clients)
+        evaluate_ins = EvaluateIns(parameters, config)
+        return [(client, evaluate_ins) for client in clients]
 
     def aggregate_fit(
         self,
@@ -101,12 +139,11 @@ class FedloomLegacyStrategy(FedAvg):
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        """Validate every result, aggregate the valid ones, report the round."""
-        if self._global_weights is None:
-            raise RuntimeError(
-                f"{type(self).__name__}.aggregate_fit was called before configure_fit: "
-                "the strategy needs the global model the clients trained from."
-            )
+        """Validate every result, aggregate the valid ones, report the round. Needs no
+        prior :meth:`configure_fit` (see the class docstring)."""
+        if self.round.global_weights is None and self.initial_parameters is not None:
+            self.round.use_global_model(parameters_views(self.initial_parameters))
+        reference = self.round.global_weights
         updates: list[ClientUpdate] = []
         rejected = [_failure_rejection(failure) for failure in failures]
         num_bytes = 0
@@ -121,16 +158,15 @@ class FedloomLegacyStrategy(FedAvg):
             except ValueError as err:
                 rejected.append(Rejection(proxy.cid, "malformed", f"undecodable array: {err}"))
                 continue
-            if secure:
-                weights = _cast_floats_like(weights, self._global_weights)
+            if secure and reference is not None:
+                weights = _cast_floats_like(weights, reference)
             updates.append(ClientUpdate(proxy.cid, weights, fit_res.num_examples, fit_res.metrics))
-        result, report = aggregate_round(
-            self.schedule, self._global_weights, updates, rejected,
-            server_round=server_round, bytes_received=num_bytes, bytes_sent=self._bytes_sent,
-            min_updates=self.min_valid_updates, guards=self._guards,
-        )
-        self.reports.append(report)
+        # no "no_reply" rejections here: Flower's legacy server reports a client that
+        # timed out as a failure (an exception without its cid), counted above
+        result, report = self.round.aggregate(server_round, updates, rejected, bytes_received=num_bytes)
         parameters = None if result.weights is None else ndarrays_to_parameters(result.weights)
+        if parameters is not None and self.initial_parameters is not None:
+            self.initial_parameters = parameters  # as FedAvgM: the next round starts from it
         return parameters, report.as_metrics()
 
 
@@ -158,17 +194,26 @@ def _failure_rejection(failure: tuple[ClientProxy, FitRes] | BaseException) -> R
     return Rejection(proxy.cid, "client_error", fit_res.status.message)
 
 
-class SimpleAverage(SimpleAverageMixin, FedloomLegacyStrategy):
-    __doc__ = SimpleAverageMixin.__doc__
+class SimpleAverage(FedloomLegacyStrategy):
+    __doc__ = methods.simple_average.__doc__
+    __init__ = methods.strategy_init(methods.simple_average, FedloomLegacyStrategy)
 
 
-class WeightedAverage(WeightedAverageMixin, FedloomLegacyStrategy):
-    __doc__ = WeightedAverageMixin.__doc__
+class WeightedAverage(FedloomLegacyStrategy):
+    __doc__ = methods.weighted_average.__doc__
+    __init__ = methods.strategy_init(methods.weighted_average, FedloomLegacyStrategy)
 
 
-class FederatedAveraging(FederatedAveragingMixin, FedloomLegacyStrategy):
-    __doc__ = FederatedAveragingMixin.__doc__
+class FederatedAveraging(FedloomLegacyStrategy):
+    __doc__ = methods.federated_averaging.__doc__
+    __init__ = methods.strategy_init(methods.federated_averaging, FedloomLegacyStrategy)
 
 
-class Hybrid(HybridMixin, FedloomLegacyStrategy):
-    __doc__ = HybridMixin.__doc__
+class Hybrid(FedloomLegacyStrategy):
+    """A hybrid: any pipeline of stages, or a schedule of pipelines over rounds (see
+    :class:`fedloom.strategies.Hybrid`); ready-made: :meth:`size_quality`,
+    :meth:`robust_weighted`, :meth:`warmup_then_fedavg`."""
+
+    size_quality = methods.strategy_factory(methods.size_quality)
+    robust_weighted = methods.strategy_factory(methods.robust_weighted)
+    warmup_then_fedavg = methods.strategy_factory(methods.warmup_then_fedavg)

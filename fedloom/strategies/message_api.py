@@ -15,9 +15,10 @@ aborting the round; node sampling follows ``seed``; and each round's
 
 from __future__ import annotations
 
-import random
+from __future__ import annotations
+
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from logging import INFO
 from typing import Any
 
@@ -28,26 +29,17 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from fedloom.aggregation import ClientUpdate, Pipeline, Rejection, Schedule, check_finite, check_update
-from fedloom.errors import UpdateRejected
+from fedloom.aggregation import ClientUpdate, Pipeline, Rejection, Schedule, Stage, check_finite, check_update
 from fedloom.compression import COMPRESSION_RECORD, decode_compressed
-from fedloom.strategies.named import (
-    FederatedAveragingMixin,
-    HybridMixin,
-    SimpleAverageMixin,
-    WeightedAverageMixin,
-)
+from fedloom.errors import ConfigError, UpdateRejected
 from fedloom.records import (
     arrayrecord_num_bytes,
     arrayrecord_views,
     ndarrays_to_arrayrecord,
 )
-from fedloom.strategies.reporting import (
-    RoundReport,
-    absurd_norm_guards,
-    aggregate_round,
-    average_client_metrics,
-)
+from fedloom.strategies import methods
+from fedloom.strategies.reporting import RoundReport, average_client_metrics
+from fedloom.strategies.round import RoundAggregator
 
 __all__ = [
     "FedloomStrategy",
@@ -62,13 +54,15 @@ class FedloomStrategy(FedAvg):
     """A Flower Message-API strategy that aggregates with a fedloom pipeline or schedule.
 
     Args:
-        method: the aggregation :class:`Pipeline`, or a :class:`Schedule` of them.
+        method: the aggregation :class:`Pipeline`, a :class:`Schedule` of them, or a
+            sequence of stages.
         fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes,
             min_available_nodes: node sampling, as in Flower's ``FedAvg``.
         min_valid_updates: a round with fewer valid updates keeps the global model.
         seed: seeds node sampling (``None``: a random seed), so runs can be repeated.
-        secure_sampling: sample nodes with ``random.SystemRandom`` (OS entropy; ``seed``
-            is ignored and nothing is checkpointed), as differential privacy needs.
+        secure_sampling: sample nodes with ``random.SystemRandom()`` (secret, as
+            differential privacy's sampling needs) instead of the seeded RNG; the
+            strategy's state then holds no RNG.
         weighted_by_key: the reply metric holding the client's example count.
         absurd_norm_ratio: leave out (reason ``absurd_norm``) any update farther from
             the global model than this many times the round's median distance (with
@@ -81,14 +75,24 @@ class FedloomStrategy(FedAvg):
     engine's node/message-unavailable codes); a sampled node with no reply by the round
     timeout as ``no_reply``; bad updates with the pipeline's reasons (``checks.REASONS``).
 
+    The global model: :meth:`aggregate_train` aggregates towards the model
+    :meth:`configure_train` sent; called on its own (Flower's tests, custom loops) it
+    uses :attr:`current_arrays` when set (as Flower's ``FedAvgM`` does), and otherwise
+    aggregates the replies' weights directly, unless a stage needs the global model (a
+    norm filter or the absurd-norm guard, norm clipping, centred clipping, a server
+    step other than the identity, decoding compressed replies): then ``ConfigError``
+    names it.
+
     Resuming: :meth:`state_dict` holds what a checkpoint needs (the sampling RNG and the
-    schedule's stage states such as server momentum); :func:`fedloom.rounds.run_rounds`
-    runs rounds ``first_round..num_rounds`` the way ``start`` runs ``1..num_rounds``.
+    schedule's stage states by name, such as server momentum);
+    :func:`fedloom.rounds.run_rounds` runs rounds ``first_round..num_rounds`` the way
+    ``start`` runs ``1..num_rounds``. The round itself is owned by :attr:`round`, a
+    :class:`~fedloom.strategies.round.RoundAggregator` (the legacy classes share it).
     """
 
     def __init__(
         self,
-        method: Pipeline | Schedule,
+        method: Pipeline | Schedule | Sequence[Stage],
         *,
         fraction_train: float = 1.0,
         fraction_evaluate: float = 1.0,
@@ -97,11 +101,11 @@ class FedloomStrategy(FedAvg):
         min_available_nodes: int = 2,
         min_valid_updates: int = 1,
         seed: int | None = None,
+        secure_sampling: bool = False,
         weighted_by_key: str = "num-examples",
         arrayrecord_key: str = "arrays",
         configrecord_key: str = "config",
         absurd_norm_ratio: float | None = None,
-        secure_sampling: bool = False,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -113,36 +117,30 @@ class FedloomStrategy(FedAvg):
             arrayrecord_key=arrayrecord_key,
             configrecord_key=configrecord_key,
         )
-        self.schedule = method if isinstance(method, Schedule) else Schedule([(1, method)])
-        self.min_valid_updates = int(min_valid_updates)
-        self.seed = seed
-        self.secure_sampling = bool(secure_sampling)  # DP: a secret sample, never saved
-        self._rng = random.SystemRandom() if secure_sampling else random.Random(seed)
-        self._global_keys: list[str] = []
-        self._global_weights: list[np.ndarray] | None = None
-        self._bytes_sent = 0
-        self.reports: list[RoundReport] = []
-        self.absurd_norm_ratio = absurd_norm_ratio
-        self._guards = absurd_norm_guards(absurd_norm_ratio)
-        self._sampled_nodes: list[int] = []
-        self._screened: list[Rejection] = []
+        self.round = RoundAggregator(method, min_valid_updates=min_valid_updates, seed=seed,
+                                     secure_sampling=secure_sampling,
+                                     absurd_norm_ratio=absurd_norm_ratio)
+        #: The global model to aggregate towards when no configure step sent one (as in
+        #: Flower's ``FedAvgM``); the strategy keeps it at the latest aggregate.
+        self.current_arrays: ArrayRecord | None = None
+
+    # the round owner's settings, under the names Flower users and fedloom code read
+    schedule = property(lambda self: self.round.schedule)
+    reports = property(lambda self: self.round.reports)
+    min_valid_updates = property(lambda self: self.round.min_valid_updates)
+    seed = property(lambda self: self.round.seed)
+    secure_sampling = property(lambda self: self.round.secure_sampling)
+    absurd_norm_ratio = property(lambda self: self.round.absurd_norm_ratio)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint must hold to continue this strategy bit for bit: the state of
-        the node-sampling RNG and the schedule's stage states (e.g. server momentum).
-        Arrays stay numpy arrays; everything else is JSON-compatible."""
-        if self.secure_sampling:
-            return {"schedule": self.schedule.state_dict()}
-        version, internal, gauss = self._rng.getstate()
-        return {"rng": [version, list(internal), gauss], "schedule": self.schedule.state_dict()}
+        """What a checkpoint must hold to continue this strategy bit for bit (see
+        :meth:`RoundAggregator.state_dict`)."""
+        return self.round.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
-        if not self.secure_sampling and "rng" in state:
-            version, internal, gauss = state["rng"]
-            self._rng.setstate((int(version), tuple(int(v) for v in internal), gauss))
-        self.schedule.load_state_dict(state.get("schedule", {}))
+        self.round.load_state_dict(state)
 
     def summary(self) -> None:
         super().summary()
@@ -152,14 +150,15 @@ class FedloomStrategy(FedAvg):
 
     # ------------------------------------------------------------------ sampling
     def _sample(self, grid: Grid, fraction: float, min_nodes: int) -> list[int]:
-        """Seeded version of Flower's ``sample_nodes``: waits for enough nodes, then samples."""
+        """Flower's ``sample_nodes`` with the round owner's RNG: waits for enough nodes,
+        then samples."""
         sample_size = max(int(len(list(grid.get_node_ids())) * fraction), min_nodes)
         needed = max(self.min_available_nodes, sample_size)
         while len(nodes := sorted(grid.get_node_ids())) < needed:
             log(INFO, "Waiting for nodes to connect: %d connected (minimum required: %d).",
                 len(nodes), needed)
             time.sleep(1)
-        return self._rng.sample(nodes, sample_size)
+        return self.round.sample(nodes, sample_size)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -169,19 +168,16 @@ class FedloomStrategy(FedAvg):
         The config is the caller's ``train_config``, overridden by the pipeline's
         ``client_config`` (e.g. FedAvg's ``local-epochs``), plus ``server-round``.
         """
-        self._global_keys = list(arrays.keys())
-        self._global_weights = arrayrecord_views(arrays)
-        self._sampled_nodes = []
-        self._screened = []
+        self.current_arrays = arrays
         if self.fraction_train == 0.0:
+            self.round.begin_round(arrayrecord_views(arrays), list(arrays.keys()))
             return []
         round_config = ConfigRecord(dict(config))
-        round_config.update(self.schedule.at(server_round).client_config)
-        round_config["server-round"] = server_round
+        round_config.update(self.round.client_config(server_round))
         node_ids = self._sample(grid, self.fraction_train, self.min_train_nodes)
-        self._sampled_nodes = list(node_ids)
+        self.round.begin_round(arrayrecord_views(arrays), list(arrays.keys()), sampled=node_ids,
+                               bytes_sent=len(node_ids) * arrayrecord_num_bytes(arrays))
         log(INFO, "configure_train: sampled %d nodes", len(node_ids))
-        self._bytes_sent = len(node_ids) * arrayrecord_num_bytes(arrays)
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: round_config})
         return self._construct_messages(record, node_ids, MessageType.TRAIN)
 
@@ -204,34 +200,36 @@ class FedloomStrategy(FedAvg):
         """Validate every reply, aggregate the valid ones with the round's pipeline.
 
         Returns ``(None, metrics)`` when too few valid updates remain: Flower then keeps
-        the previous global model.
+        the previous global model. Needs no prior :meth:`configure_train` (see the
+        class docstring for where the global model then comes from).
         """
-        if self._global_weights is None:
-            raise RuntimeError(
-                f"{type(self).__name__}.aggregate_train was called before configure_train: "
-                "the strategy needs the global model the clients trained from."
-            )
         replies = list(replies)
+        self._adopt_current_arrays()
         updates, rejected, num_bytes = self._decode_replies(replies)
-        rejected = self._screened + rejected + self._missing_replies(replies)
-        self._screened = []
-        result, report = aggregate_round(
-            self.schedule, self._global_weights, updates, rejected,
-            server_round=server_round, bytes_received=num_bytes, bytes_sent=self._bytes_sent,
-            min_updates=self.min_valid_updates, guards=self._guards,
-        )
-        self.reports.append(report)
+        rejected += self.round.missing_replies({str(m.metadata.src_node_id) for m in replies})
+        result, report = self.round.aggregate(server_round, updates, rejected, bytes_received=num_bytes)
         arrays = None
         if result.weights is not None:
-            arrays = ndarrays_to_arrayrecord(result.weights, self._global_keys)
+            arrays = ndarrays_to_arrayrecord(result.weights, self.round.global_keys)
+            self.current_arrays = arrays
         return arrays, MetricRecord(report.as_metrics())
+
+    def _adopt_current_arrays(self) -> None:
+        if self.round.global_weights is None and self.current_arrays is not None:
+            self.round.use_global_model(arrayrecord_views(self.current_arrays),
+                                        list(self.current_arrays.keys()))
 
     def _decode_replies(
         self, replies: list[Message]
     ) -> tuple[list[ClientUpdate], list[Rejection], int]:
+        """Flower's replies as fedloom updates, and the ones left out with a reason.
+
+        Array keys are compared with the global model's, or, without one, with the
+        first decodable reply's."""
         updates: list[ClientUpdate] = []
         rejected: list[Rejection] = []
         num_bytes = 0
+        keys = list(self.round.global_keys) if self.round.global_weights is not None else None
         for msg in replies:
             client_id = str(msg.metadata.src_node_id)
             if msg.has_error():
@@ -250,45 +248,42 @@ class FedloomStrategy(FedAvg):
                 continue
             record, metrics = array_records[0], dict(metric_records[0])
             num_bytes += arrayrecord_num_bytes(record)
+            num_examples = metrics.get(self.weighted_by_key, float("nan"))
             compression = msg.content.get(COMPRESSION_RECORD)
             if isinstance(compression, ConfigRecord):  # sent through compression_mod
+                if self.round.global_weights is None:
+                    raise ConfigError(
+                        f"{type(self).__name__}.aggregate_train: client {client_id} sent a "
+                        "compressed update, and decoding it needs the global model the "
+                        "client trained from; call configure_train first or set current_arrays.")
                 try:
-                    keys, weights = decode_compressed(record, compression, self._global_weights)
+                    names, weights = decode_compressed(record, compression, self.round.global_weights)
                 except (ValueError, KeyError) as err:
                     rejected.append(Rejection(client_id, "malformed", f"bad compressed update: {err}"))
                     continue
-                if keys != self._global_keys:
+                if names != keys:
                     rejected.append(Rejection(client_id, "malformed", "compressed update has other array keys"))
                     continue
-                num_examples = metrics.get(self.weighted_by_key, float("nan"))
                 updates.append(ClientUpdate(client_id, weights, num_examples, metrics))
                 continue
-            if list(record.keys()) != self._global_keys:
-                reason = ("wrong_num_arrays" if len(record) != len(self._global_keys)
-                          else "malformed")
+            if keys is None:
+                keys = list(record.keys())
+                if not self.round.global_keys:
+                    self.round.global_keys = keys
+            if list(record.keys()) != keys:
+                reason = "wrong_num_arrays" if len(record) != len(keys) else "malformed"
                 rejected.append(Rejection(
                     client_id, reason,
-                    f"expected array keys {self._global_keys[:5]}... ({len(self._global_keys)}); "
+                    f"expected array keys {keys[:5]}... ({len(keys)}); "
                     f"got {list(record.keys())[:5]}... ({len(record)})"))
                 continue
             try:
-                weights = arrayrecord_views(record, self._global_keys)
+                weights = arrayrecord_views(record, keys)
             except ValueError as err:
                 rejected.append(Rejection(client_id, "malformed", f"undecodable array: {err}"))
                 continue
-            num_examples = metrics.get(self.weighted_by_key, float("nan"))
             updates.append(ClientUpdate(client_id, weights, num_examples, metrics))
         return updates, rejected, num_bytes
-
-    def _missing_replies(self, replies: list[Message]) -> list[Rejection]:
-        """A ``no_reply`` rejection for each node sampled this round that sent nothing
-        (its reply was late, or it vanished): Flower's grid just leaves it out."""
-        answered = {str(msg.metadata.src_node_id) for msg in replies}
-        answered.update(r.client_id for r in self._screened)
-        return [
-            Rejection(str(node), "no_reply", "no reply within the round timeout")
-            for node in self._sampled_nodes if str(node) not in answered
-        ]
 
     def screen_replies(self, replies: Iterable[Message]) -> list[Message]:
         """The replies this strategy could aggregate; the others are kept as rejections
@@ -305,12 +300,12 @@ class FedloomStrategy(FedAvg):
             updates, rejected, _ = self._decode_replies([msg])
             if not rejected:
                 try:
-                    check_update(updates[0].weights, self._global_weights or [])
+                    check_update(updates[0].weights, self.round.global_weights or [])
                     check_finite(updates[0].weights)
                 except UpdateRejected as err:
                     rejected = [Rejection(updates[0].client_id, err.reason, str(err))]
             if rejected:
-                self._screened.extend(rejected)
+                self.round.screened.extend(rejected)
             else:
                 kept.append(msg)
         return kept
@@ -341,17 +336,33 @@ _UNAVAILABLE_CODES = frozenset(
 )
 
 
-class SimpleAverage(SimpleAverageMixin, FedloomStrategy):
-    __doc__ = SimpleAverageMixin.__doc__
+class SimpleAverage(FedloomStrategy):
+    __doc__ = methods.simple_average.__doc__
+    __init__ = methods.strategy_init(methods.simple_average, FedloomStrategy)
 
 
-class WeightedAverage(WeightedAverageMixin, FedloomStrategy):
-    __doc__ = WeightedAverageMixin.__doc__
+class WeightedAverage(FedloomStrategy):
+    __doc__ = methods.weighted_average.__doc__
+    __init__ = methods.strategy_init(methods.weighted_average, FedloomStrategy)
 
 
-class FederatedAveraging(FederatedAveragingMixin, FedloomStrategy):
-    __doc__ = FederatedAveragingMixin.__doc__
+class FederatedAveraging(FedloomStrategy):
+    __doc__ = methods.federated_averaging.__doc__
+    __init__ = methods.strategy_init(methods.federated_averaging, FedloomStrategy)
 
 
-class Hybrid(HybridMixin, FedloomStrategy):
-    __doc__ = HybridMixin.__doc__
+class Hybrid(FedloomStrategy):
+    """A hybrid: any pipeline of stages, or a schedule of pipelines over rounds.
+
+    Args:
+        method: a :class:`Pipeline`, a :class:`Schedule`, or a sequence of stages.
+        **strategy_options: as :class:`FedloomStrategy`.
+
+    Ready-made hybrids: :meth:`size_quality`, :meth:`robust_weighted`,
+    :meth:`warmup_then_fedavg` (arguments as the functions of the same name in
+    :mod:`fedloom.strategies.methods`).
+    """
+
+    size_quality = methods.strategy_factory(methods.size_quality)
+    robust_weighted = methods.strategy_factory(methods.robust_weighted)
+    warmup_then_fedavg = methods.strategy_factory(methods.warmup_then_fedavg)

@@ -2,7 +2,8 @@
 
 Flower's ``MetricRecord`` accepts only numbers, so reasons are counted per tag
 (``rejected-non_finite: 2``); the full list with client ids and details is logged and
-kept in :attr:`RoundReport.rejected`.
+kept in :attr:`RoundReport.rejected`. The round itself is aggregated by
+:class:`fedloom.strategies.round.RoundAggregator`.
 """
 
 from __future__ import annotations
@@ -12,39 +13,16 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from fedloom.aggregation import (
-    AggregationResult,
-    ClientUpdate,
-    Rejection,
-    RejectNormOutliers,
-    Schedule,
-    Stage,
-)
+from fedloom.aggregation import AggregationResult, ClientUpdate
+from fedloom.strategies.guards import DEFAULT_ABSURD_NORM_RATIO, absurd_norm_guards  # older imports
 
 __all__ = [
     "RoundReport",
-    "aggregate_round",
     "average_client_metrics",
     "absurd_norm_guards",
     "DEFAULT_ABSURD_NORM_RATIO",
     "LOGGER",
 ]
-
-#: Every fedloom strategy leaves out an update that moved more than this many times the
-#: round's median distance from the global model, or more than this many times the global
-#: model's own norm (reason ``absurd_norm``): such an update is garbage (overflow,
-#: uninitialised memory, a wrong learning rate), and one of them would own a plain mean.
-#: Far above honest spread, so it does not act as a robust rule.
-DEFAULT_ABSURD_NORM_RATIO = 1000.0
-
-
-def absurd_norm_guards(ratio: float | None) -> tuple[Stage, ...]:
-    """The guard stages for ``absurd_norm_ratio`` (none for ``None``)."""
-    if ratio is None:
-        return ()
-    return (RejectNormOutliers(float(ratio), max_model_ratio=float(ratio), reason="absurd_norm"),)
 
 LOGGER = logging.getLogger("fedloom")
 
@@ -169,30 +147,3 @@ def average_client_metrics(
         key: sums[key] / totals[key] if totals[key] > 0 else plain[key] / counts[key]
         for key in sums
     }
-
-
-def aggregate_round(
-    schedule: Schedule,
-    global_weights: Sequence[np.ndarray],
-    updates: Sequence[ClientUpdate],
-    rejected: Sequence[Rejection],
-    *,
-    server_round: int,
-    bytes_received: int,
-    bytes_sent: int,
-    min_updates: int,
-    guards: Sequence[Stage] = (),
-) -> tuple[AggregationResult, RoundReport]:
-    """Run the round's pipeline (after ``guards``), then log and report what it did
-    (both Flower APIs)."""
-    pipeline = schedule.at(server_round)
-    result = pipeline(
-        global_weights, updates, server_round=server_round, min_updates=min_updates,
-        rejected=rejected, guards=guards,
-    )
-    report = RoundReport.from_result(
-        server_round, pipeline.name, len(updates) + len(rejected), result, bytes_received, updates,
-        bytes_sent,
-    )
-    report.log()
-    return result, report
