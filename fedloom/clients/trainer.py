@@ -302,7 +302,9 @@ class KerasTrainer:
             order, and ``{"train_loss", "train_accuracy"}`` as Python floats: the
             example-weighted mean loss and accuracy over the mini-batches of the
             LAST epoch, each measured on the batch before its SGD step (what
-            ``model.fit`` reports for an epoch).
+            ``model.fit`` reports for an epoch). Every loss fedloom reports is
+            cross-entropy plus the model's regularisation losses (``model.losses``),
+            as Keras reports it.
         """
         epochs, batch_size, learning_rate = _check_hyperparameters(
             epochs, batch_size, learning_rate
@@ -347,6 +349,9 @@ class KerasTrainer:
     ) -> tuple[float, float]:
         """Mean loss and accuracy of ``weights`` on ``(x, y)`` (Python floats).
 
+        The loss is what ``model.evaluate`` reports: cross-entropy plus the model's
+        regularisation losses, averaged over examples.
+
         ``weights=None`` evaluates the weights currently loaded in the model.
         ``batch_size`` only bounds memory; the result does not depend on it.
         """
@@ -379,12 +384,16 @@ class KerasTrainer:
 
     def _per_example(
         self, x: tf.Tensor, y: tf.Tensor, training: bool
-    ) -> tuple[tf.Tensor, tf.Tensor]:
-        """Per-example cross-entropy and 0/1 correctness of one batch."""
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Per-example cross-entropy, 0/1 correctness and the regularisation term of
+        one batch (the sum of ``model.losses``: weight and activity regularisers,
+        ``add_loss`` terms; 0 without), the term Keras adds to every batch's loss."""
         outputs = self.model(x, training=training)
         loss = keras.ops.sparse_categorical_crossentropy(y, outputs, from_logits=self.from_logits)
         hit = tf.cast(tf.equal(tf.argmax(outputs, axis=-1, output_type=tf.int32), y), tf.float32)
-        return loss, hit
+        extra = self.model.losses
+        regularisation = tf.add_n([tf.cast(t, tf.float32) for t in extra]) if extra else tf.zeros(())
+        return loss, hit, regularisation
 
     def _load(self, arrays: list[tf.Tensor]) -> None:
         for variable, value in zip(self._variables, arrays):
@@ -423,10 +432,8 @@ class KerasTrainer:
                 index = order[start:stop]
                 xb, yb = tf.gather(x, index), tf.gather(y, index)
                 with tf.GradientTape() as tape:
-                    loss, hit = self._per_example(xb, yb, training=True)
-                    mean_loss = tf.reduce_mean(loss)
-                    if self.model.losses:  # weight regularisers, if the model has any
-                        mean_loss += tf.add_n(self.model.losses)
+                    loss, hit, regularisation = self._per_example(xb, yb, training=True)
+                    mean_loss = tf.reduce_mean(loss) + regularisation
                 grads = tape.gradient(mean_loss, trainable)
                 if momentum > 0:
                     for v, g in zip(velocity, grads):
@@ -437,7 +444,7 @@ class KerasTrainer:
                 in_last = tf.cast(tf.equal(epoch, last_epoch), tf.float32)
                 return (
                     i + 1,
-                    loss_sum + in_last * tf.reduce_sum(loss),
+                    loss_sum + in_last * tf.cast(stop - start, tf.float32) * mean_loss,
                     correct + in_last * tf.reduce_sum(hit),
                 )
 
@@ -460,8 +467,10 @@ class KerasTrainer:
 
         def step(start, loss_sum, correct):
             stop = tf.minimum(start + batch_size, n)
-            loss, hit = self._per_example(x[start:stop], y[start:stop], training=False)
-            return stop, loss_sum + tf.reduce_sum(loss), correct + tf.reduce_sum(hit)
+            loss, hit, regularisation = self._per_example(
+                x[start:stop], y[start:stop], training=False)
+            batch_loss = tf.reduce_sum(loss) + tf.cast(stop - start, tf.float32) * regularisation
+            return stop, loss_sum + batch_loss, correct + tf.reduce_sum(hit)
 
         _, loss_sum, correct = tf.while_loop(
             lambda start, *_: start < n,
