@@ -7,19 +7,24 @@
 - :class:`KerasClient` (``numpy_client.py``): legacy ``flwr.client.NumPyClient``.
 - :func:`make_client_app` (``client_app.py``): Message-API ``flwr.clientapp.ClientApp``.
 
-Importing this package imports TensorFlow and Keras (``KERAS_BACKEND=tensorflow``
-unless set). Set ``FEDLOOM_TF_THREADS=N`` in the environment to cap TensorFlow at N
-intra-op and N inter-op threads per process (recommended: 1 when a simulation runs
-one client process per core).
+- :func:`configure_tensorflow` (``tensorflow_setup.py``): TensorFlow's threads and GPU
+  memory growth, once per process; building the first trainer calls it with its
+  defaults unless the process did.
+
+Importing this package does not import TensorFlow; building a trainer does
+(``KERAS_BACKEND=tensorflow`` and ``TF_CPP_MIN_LOG_LEVEL=2`` unless set). Set
+``FEDLOOM_TF_THREADS=N`` in the environment (or pass ``threads`` to
+:func:`configure_tensorflow`) to cap TensorFlow at N intra-op and N inter-op threads
+per process (recommended: 1 when a simulation runs one client process per core).
 """
 
-from fedloom.clients.trainer import (
-    KerasTrainer,
-    clear_trainer_cache,
+from fedloom.clients.tensorflow_setup import (
+    TensorflowSettings,
+    configure_tensorflow,
     configure_tensorflow_threads,
-    get_trainer,
 )
-from fedloom.clients.local_update import (  # isort: skip - after trainer (env setup)
+from fedloom.clients.trainer import KerasTrainer, clear_trainer_cache, get_trainer
+from fedloom.clients.local_update import (  # isort: skip
     ClientSplits,
     TrainConfig,
     derive_seed,
@@ -35,9 +40,11 @@ __all__ = [
     "KerasClient",
     "KerasTrainer",
     "ModelSpec",
+    "TensorflowSettings",
     "TrainConfig",
     "build_model",
     "clear_trainer_cache",
+    "configure_tensorflow",
     "configure_tensorflow_threads",
     "derive_seed",
     "evaluate_on_client",

@@ -25,7 +25,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedloom.clients.trainer import KerasTrainer, _check_hyperparameters
+from fedloom.clients.inputs import check_hyperparameters
+from fedloom.clients.trainer import KerasTrainer
 from fedloom.errors import ConfigError
 
 __all__ = [
@@ -76,7 +77,7 @@ class TrainConfig:
     def from_config(cls, config: Mapping[str, Any] | None) -> TrainConfig:
         """Read ``local-epochs``, ``batch-size``, ``learning-rate``, ``server-round``."""
         config = {} if config is None else config
-        epochs, batch_size, learning_rate = _check_hyperparameters(
+        epochs, batch_size, learning_rate = check_hyperparameters(
             config.get("local-epochs", cls.local_epochs),
             config.get("batch-size", cls.batch_size),
             config.get("learning-rate", cls.learning_rate),
