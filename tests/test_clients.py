@@ -399,3 +399,30 @@ def test_reported_losses_include_regularisers_like_keras(digits) -> None:
     model.set_weights(start)
     batch_loss, _ = model.evaluate(x[:40], y[:40], batch_size=40, verbose=0)
     assert metrics["train_loss"] == pytest.approx(batch_loss, rel=1e-5)
+
+
+def test_integer_token_inputs_train_as_int32() -> None:
+    """A next-token model (Embedding over integer ids) is fed int32, not float32;
+    non-integer values are refused with the reason."""
+    import keras
+
+    def model():
+        inputs = keras.Input(shape=(6,), dtype="int32")
+        embedded = keras.layers.Embedding(
+            20, 8, embeddings_initializer=keras.initializers.RandomUniform(seed=0))(inputs)
+        pooled = keras.layers.GlobalAveragePooling1D()(embedded)
+        return keras.Model(inputs, keras.layers.Dense(
+            20, activation="softmax", kernel_initializer=keras.initializers.GlorotUniform(seed=1))(pooled))
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 20, size=(64, 6))
+    y = x[:, 0]  # predict the first token: learnable from the embedding
+    trainer = KerasTrainer(model)
+    assert trainer.input_dtype == np.int32
+    start = trainer.get_weights()
+    loss_before, _ = trainer.evaluate(start, x, y)
+    weights, _ = trainer.fit(start, x, y, epochs=60, batch_size=16, learning_rate=3.0, seed=0)
+    loss_after, _ = trainer.evaluate(weights, x, y)
+    assert loss_after < 0.8 * loss_before
+    with pytest.raises(DataError, match="takes integer inputs"):
+        trainer.evaluate(weights, x + 0.5, y)

@@ -14,6 +14,10 @@ key                default  meaning
 ``batch-size``     32       examples per SGD step
 ``learning-rate``  0.1      SGD step size
 ``server-round``   0        round number (seeds this round's shuffle)
+``proximal-mu``    0        FedProx's mu >= 0 (Li et al., MLSys 2020):
+                            every step also descends
+                            mu/2 ||w - w_global||^2; the key Flower's
+                            own ``FedProx`` strategy sends
 =================  =======  ==========================================
 """
 
@@ -25,7 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedloom.clients.inputs import check_hyperparameters
+from fedloom.clients.inputs import check_hyperparameters, check_proximal_mu
 from fedloom.clients.trainer import KerasTrainer
 from fedloom.errors import ConfigError
 
@@ -72,10 +76,15 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 0.1
     server_round: int = 0
+    proximal_mu: float = 0.0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | None) -> TrainConfig:
-        """Read ``local-epochs``, ``batch-size``, ``learning-rate``, ``server-round``."""
+        """Read the keys of the module's table (missing ones take their defaults).
+
+        Raises:
+            ConfigError: a value out of its range, naming the key.
+        """
         config = {} if config is None else config
         epochs, batch_size, learning_rate = check_hyperparameters(
             config.get("local-epochs", cls.local_epochs),
@@ -92,7 +101,8 @@ class TrainConfig:
             raise ConfigError(
                 f"config 'server-round' must be a non-negative integer; received {server_round!r}."
             )
-        return cls(epochs, batch_size, learning_rate, server_round_int)
+        proximal_mu = check_proximal_mu(config.get("proximal-mu", cls.proximal_mu))
+        return cls(epochs, batch_size, learning_rate, server_round_int, proximal_mu)
 
 
 def derive_seed(*parts: int) -> int:
@@ -143,6 +153,7 @@ def train_on_client(
         learning_rate=cfg.learning_rate,
         seed=derive_seed(seed, cfg.server_round),
         validation=(data.x_val, data.y_val) if has_val else (data.x_train, data.y_train),
+        proximal_mu=cfg.proximal_mu,
     )
     metrics = {
         "train_loss": float(train_metrics["train_loss"]),
