@@ -99,3 +99,81 @@ def test_flowers_fedprox_strategy_makes_the_client_app_apply_the_term(trainer, d
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     assert np.abs(got[0] - without[0]).max() > 1e-3
+
+
+# -------------------------------------------------------------------- client momentum
+def _train_message(grid: LocalGrid, weights, config) -> Message:
+    (node,) = grid.get_node_ids()
+    content = RecordDict({"arrays": ArrayRecord(weights), "config": ConfigRecord(config)})
+    (reply,) = grid.send_and_receive([grid.create_message(content, MessageType.TRAIN, node, "1")])
+    assert not reply.has_error(), reply.error
+    return reply
+
+
+def test_client_momentum_follows_its_recurrence_over_two_rounds_in_context_state(
+    trainer, digits
+) -> None:
+    """m_1 = (1 - b) d_1, m_2 = b m_1 + (1 - b) d_2, the client sends global + m_r, with
+    d_r the plain local update of round r; m survives in the node's context.state."""
+    x, y = digits
+    data = ClientSplits(x[:30], y[:30], x[30:40], y[30:40])
+    beta, client_seed = 0.9, derive_seed(5, 0)
+    config = {"local-epochs": 1, "batch-size": 10, "learning-rate": 0.5, "client-momentum": beta}
+    grid = LocalGrid(make_client_app(lambda context: (trainer, data), seed=5), 1, seed=0)
+    globals_ = [trainer.initial_weights(), [w + 0.01 for w in trainer.initial_weights()]]
+    momentum = [np.zeros(w.shape) for w in globals_[0]]
+    for server_round, start in enumerate(globals_, start=1):
+        reply = _train_message(grid, start, {**config, "server-round": server_round})
+        sent = reply.content["arrays"].to_numpy_ndarrays()
+        local, _ = trainer.fit(start, x[:30], y[:30], epochs=1, batch_size=10, learning_rate=0.5,
+                               seed=derive_seed(client_seed, server_round))
+        momentum = [beta * m + (1 - beta) * (a.astype(np.float64) - s) for m, a, s in zip(momentum, local, start)]
+        for got, s, m in zip(sent, start, momentum):
+            np.testing.assert_allclose(got, s + m, rtol=1e-6, atol=1e-7)
+    (context,) = grid.contexts.values()
+    stored = context.state["fedloom.client-momentum"].to_numpy_ndarrays()
+    for got, m in zip(stored, momentum):
+        np.testing.assert_allclose(got, m, rtol=1e-6, atol=1e-7)
+    # Without the stored buffer (a fresh node) round 2 would send a different update.
+    fresh = LocalGrid(make_client_app(lambda context: (trainer, data), seed=5), 1, seed=0)
+    other = _train_message(fresh, globals_[1], {**config, "server-round": 2})
+    assert not np.allclose(other.content["arrays"].to_numpy_ndarrays()[0], sent[0])
+
+
+def test_numpy_client_keeps_momentum_in_its_context(trainer, digits) -> None:
+    from fedloom.clients import KerasClient
+
+    x, y = digits
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    config = {"batch-size": 10, "learning-rate": 0.5, "client-momentum": 0.5}
+    start = trainer.initial_weights()
+    sent = []
+    for server_round in (1, 2):  # Flower builds a new client for every message
+        client = KerasClient(trainer, x[:20], y[:20], seed=3, context=context)
+        sent.append(client.fit(start, {**config, "server-round": server_round})[0])
+    plain = [KerasClient(trainer, x[:20], y[:20], seed=3).fit(start, {"batch-size": 10, "learning-rate": 0.5, "server-round": r})[0]
+             for r in (1, 2)]
+    d1, d2 = (p[0].astype(np.float64) - start[0] for p in plain)
+    np.testing.assert_allclose(sent[0][0], start[0] + 0.5 * d1, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(sent[1][0], start[0] + 0.25 * d1 + 0.5 * d2, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ConfigError, match="needs state kept per client"):
+        KerasClient(trainer, x[:20], y[:20]).fit(start, config)
+    with pytest.raises(ConfigError, match=r"client-momentum must be in \[0, 1\)"):
+        TrainConfig.from_config({"client-momentum": 1.0})
+
+
+def test_a_stored_buffer_of_another_model_is_reset_with_a_logged_reason(trainer, digits, caplog) -> None:
+    x, y = digits
+    data = ClientSplits(x[:20], y[:20])
+    grid = LocalGrid(make_client_app(lambda context: (trainer, data), seed=1), 1, seed=0)
+    (context,) = grid.contexts.values()
+    context.state["fedloom.client-momentum"] = ArrayRecord([np.ones(3, np.float32)])
+    config = {"batch-size": 10, "learning-rate": 0.5, "client-momentum": 0.5, "server-round": 1}
+    start = trainer.initial_weights()
+    with caplog.at_level("WARNING", logger="fedloom"):
+        reply = _train_message(grid, start, config)
+    assert "client-momentum buffer has shapes [(3,)]" in caplog.text
+    local, _ = trainer.fit(start, x[:20], y[:20], epochs=1, batch_size=10, learning_rate=0.5,
+                           seed=derive_seed(derive_seed(1, 0), 1))
+    np.testing.assert_allclose(reply.content["arrays"].to_numpy_ndarrays()[0],
+                               start[0] + 0.5 * (local[0] - start[0]), rtol=1e-6, atol=1e-7)

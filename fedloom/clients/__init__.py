@@ -26,9 +26,11 @@ from fedloom.clients.tensorflow_setup import (
 from fedloom.clients.trainer import KerasTrainer, clear_trainer_cache, get_trainer
 from fedloom.clients.local_update import (  # isort: skip
     ClientSplits,
+    ClientState,
     TrainConfig,
     derive_seed,
     evaluate_on_client,
+    train_client_round,
     train_on_client,
 )
 from fedloom.clients.numpy_client import KerasClient  # isort: skip
@@ -37,6 +39,7 @@ from fedloom.models import ModelSpec, build_model
 
 __all__ = [
     "ClientSplits",
+    "ClientState",
     "KerasClient",
     "KerasTrainer",
     "ModelSpec",
@@ -50,5 +53,6 @@ __all__ = [
     "evaluate_on_client",
     "get_trainer",
     "make_client_app",
+    "train_client_round",
     "train_on_client",
 ]

@@ -25,6 +25,10 @@ Message layout (Flower's ``FedAvg`` defaults):
   "val_loss", "val_accuracy", "quality"})}``.
 * evaluate reply: ``{"metrics": MetricRecord({"num-examples", "loss", "accuracy"})}``.
 
+Per-client state (the client-momentum buffer) lives in ``context.state`` under
+:data:`MOMENTUM_RECORD`, the per-node state Flower keeps between rounds in simulation
+(its Ray engine, fedloom's local engine) and deployment alike.
+
 The work itself is :mod:`fedloom.clients.local_update`, shared with the legacy
 ``NumPyClient``.
 """
@@ -34,23 +38,42 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from fedloom.clients.local_update import (
+    ClientState,
     SplitData,
+    TrainConfig,
     derive_seed,
     evaluate_on_client,
-    train_on_client,
+    train_client_round,
 )
 from fedloom.clients.trainer import KerasTrainer
 from fedloom.errors import ConfigError
 from fedloom.records import arrayrecord_views, ndarrays_to_arrayrecord
 
-__all__ = ["LoadClient", "make_client_app"]
+__all__ = ["MOMENTUM_RECORD", "LoadClient", "load_client_state", "make_client_app",
+           "store_client_state"]
 
 LoadClient = Callable[[Context], tuple[KerasTrainer, SplitData]]
+
+MOMENTUM_RECORD = "fedloom.client-momentum"
+
+
+def load_client_state(context: Context) -> ClientState:
+    """The :class:`ClientState` kept in ``context.state`` (empty if none)."""
+    record = context.state.get(MOMENTUM_RECORD)
+    momentum = tuple(arrayrecord_views(record)) if isinstance(record, ArrayRecord) else None
+    return ClientState(momentum=momentum)
+
+
+def store_client_state(context: Context, state: ClientState) -> None:
+    """Keep ``state`` in ``context.state`` for the node's next round."""
+    if state.momentum is not None:
+        context.state[MOMENTUM_RECORD] = ndarrays_to_arrayrecord(
+            list(state.momentum), [str(i) for i in range(len(state.momentum))])
 
 def _record(content: RecordDict, kind: str, key: str) -> Any:
     """``content[key]`` if it is a record of this kind, else the only one of that kind."""
@@ -103,10 +126,13 @@ def make_client_app(
         arrays = _record(msg.content, "ArrayRecord", "arrays")
         config = _record(msg.content, "ConfigRecord", "config")
         keys = list(arrays.keys())
-        new_weights, num_examples, metrics = train_on_client(
-            trainer, data, arrayrecord_views(arrays, keys), config,
-            seed=_client_seed(context, seed),
+        cfg = TrainConfig.from_config(config)
+        state = load_client_state(context) if cfg.needs_state else ClientState()
+        new_weights, num_examples, metrics, state = train_client_round(
+            trainer, data, arrayrecord_views(arrays, keys), cfg,
+            seed=_client_seed(context, seed), state=state, client=str(context.node_id),
         )
+        store_client_state(context, state)
         reply_arrays = ndarrays_to_arrayrecord(new_weights, keys)
         reply_metrics = MetricRecord({"num-examples": num_examples, **metrics})
         return Message(

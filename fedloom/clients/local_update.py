@@ -18,6 +18,11 @@ key                default  meaning
                             every step also descends
                             mu/2 ||w - w_global||^2; the key Flower's
                             own ``FedProx`` strategy sends
+``client-momentum`` 0       client momentum beta in [0, 1) (0: off;
+                            Karimireddy, He & Jaggi, ICML 2021): the
+                            client sends ``w_global + m``, ``m`` its
+                            running average of updates (needs per-client
+                            state, see :func:`train_client_round`)
 =================  =======  ==========================================
 """
 
@@ -29,16 +34,24 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fedloom.clients.client_state import (
+    ClientState,
+    apply_client_momentum,
+    check_client_momentum,
+    matching_state,
+)
 from fedloom.clients.inputs import check_hyperparameters, check_proximal_mu
 from fedloom.clients.trainer import KerasTrainer
 from fedloom.errors import ConfigError
 
 __all__ = [
     "ClientSplits",
+    "ClientState",
     "SplitData",
     "TrainConfig",
     "derive_seed",
     "evaluate_on_client",
+    "train_client_round",
     "train_on_client",
 ]
 
@@ -77,6 +90,7 @@ class TrainConfig:
     learning_rate: float = 0.1
     server_round: int = 0
     proximal_mu: float = 0.0
+    client_momentum: float = 0.0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | None) -> TrainConfig:
@@ -102,7 +116,13 @@ class TrainConfig:
                 f"config 'server-round' must be a non-negative integer; received {server_round!r}."
             )
         proximal_mu = check_proximal_mu(config.get("proximal-mu", cls.proximal_mu))
-        return cls(epochs, batch_size, learning_rate, server_round_int, proximal_mu)
+        client_momentum = check_client_momentum(config.get("client-momentum", cls.client_momentum))
+        return cls(epochs, batch_size, learning_rate, server_round_int, proximal_mu, client_momentum)
+
+    @property
+    def needs_state(self) -> bool:
+        """Whether this round's training reads and writes per-client state."""
+        return self.client_momentum > 0
 
 
 def derive_seed(*parts: int) -> int:
@@ -127,22 +147,54 @@ def train_on_client(
     *,
     seed: int = 0,
 ) -> tuple[NDArrays, int, dict[str, float]]:
+    """:func:`train_client_round` for a client that keeps no state between rounds.
+
+    Raises:
+        ConfigError: the config asks for a method that needs per-client state
+            (``client-momentum`` > 0).
+    """
+    cfg = TrainConfig.from_config(config)
+    if cfg.needs_state:
+        raise ConfigError(
+            f"client-momentum={cfg.client_momentum} needs state kept per client between "
+            "rounds; this client keeps none. Use make_client_app (state in the node's "
+            "context.state) or give KerasClient the client_fn's context."
+        )
+    new_weights, num_examples, metrics, _ = train_client_round(
+        trainer, data, weights, cfg, seed=seed, state=ClientState())
+    return new_weights, num_examples, metrics
+
+
+def train_client_round(
+    trainer: KerasTrainer,
+    data: SplitData,
+    weights: Sequence[np.ndarray],
+    config: Mapping[str, Any] | TrainConfig | None,
+    *,
+    seed: int = 0,
+    state: ClientState,
+    client: str = "?",
+) -> tuple[NDArrays, int, dict[str, float], ClientState]:
     """One client update: local SGD from ``weights``, then a look at the validation split.
 
     The shuffle seed of the round is ``derive_seed(seed, server_round)``: rounds
-    differ, and re-running the same experiment repeats exactly.
+    differ, and re-running the same experiment repeats exactly. With
+    ``client-momentum`` beta > 0 the weights sent are ``weights + m`` (see
+    :mod:`fedloom.clients.client_state`); ``state`` holds ``m`` of the client's last
+    round (a state of another model's shapes is reset, logged with ``client``).
 
     Returns:
-        ``(new_weights, num_train_examples, metrics)`` with Python ``float`` metrics:
-        ``train_loss``/``train_accuracy`` (example-weighted means over the last local
-        epoch, see :meth:`KerasTrainer.fit`), ``val_loss``/``val_accuracy`` (the
-        UPDATED model on the client's validation split) and ``quality`` (=
+        ``(weights_to_send, num_train_examples, metrics, new_state)`` with Python
+        ``float`` metrics: ``train_loss``/``train_accuracy`` (example-weighted means
+        over the last local epoch, see :meth:`KerasTrainer.fit`),
+        ``val_loss``/``val_accuracy`` (the locally UPDATED model, before client
+        momentum, on the client's validation split) and ``quality`` (=
         ``val_accuracy``, the client's held-out measure of its own update). A client
         without validation examples reports the updated model's loss and accuracy
         on its own training split as ``val_loss``/``val_accuracy`` and ``quality``
         instead (an optimistic estimate).
     """
-    cfg = TrainConfig.from_config(config)
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_config(config)
     has_val = _has_examples(data.x_val)
     new_weights, train_metrics = trainer.fit(
         weights,
@@ -155,6 +207,12 @@ def train_on_client(
         validation=(data.x_val, data.y_val) if has_val else (data.x_train, data.y_train),
         proximal_mu=cfg.proximal_mu,
     )
+    momentum = state.momentum
+    if cfg.client_momentum > 0:
+        weights = [np.asarray(w) for w in weights]
+        buffer = matching_state(state.momentum, weights, "client-momentum buffer", client)
+        new_weights, momentum = apply_client_momentum(
+            weights, new_weights, buffer, cfg.client_momentum)
     metrics = {
         "train_loss": float(train_metrics["train_loss"]),
         "train_accuracy": float(train_metrics["train_accuracy"]),
@@ -162,7 +220,7 @@ def train_on_client(
         "val_accuracy": float(train_metrics["val_accuracy"]),
         "quality": float(train_metrics["val_accuracy"]),
     }
-    return new_weights, int(len(data.x_train)), metrics
+    return new_weights, int(len(data.x_train)), metrics, ClientState(momentum=momentum)
 
 
 def evaluate_on_client(
