@@ -177,3 +177,69 @@ def test_a_stored_buffer_of_another_model_is_reset_with_a_logged_reason(trainer,
                            seed=derive_seed(derive_seed(1, 0), 1))
     np.testing.assert_allclose(reply.content["arrays"].to_numpy_ndarrays()[0],
                                start[0] + 0.5 * (local[0] - start[0]), rtol=1e-6, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- SCAFFOLD
+def test_scaffold_corrected_steps_and_option_two_variates_over_two_rounds(trainer, digits) -> None:
+    """Round r: SGD with every gradient corrected by c_r - c_i, then
+    c_i+ = c_i - c_r + (x - y_i) / (K lr), reply scaffold-delta-c = c_i+ - c_i; the
+    client's c_i survives in context.state (round 2 starts from round 1's)."""
+    x, y = digits
+    data = ClientSplits(x[:23], y[:23], x[30:40], y[30:40])
+    lr, batch, epochs = 0.5, 5, 2
+    steps = epochs * 5  # ceil(23 / 5) batches per epoch
+    grid = LocalGrid(make_client_app(lambda context: (trainer, data), seed=8), 1, seed=0)
+    rng = np.random.default_rng(3)
+    start = trainer.initial_weights()
+    c_i = [np.zeros(a.shape) for a in start]
+    for server_round in (1, 2):
+        c = [rng.normal(scale=0.05, size=a.shape).astype(np.float32) for a in start]
+        (node,) = grid.get_node_ids()
+        content = RecordDict({
+            "arrays": ArrayRecord(start), "scaffold-c": ArrayRecord(c),
+            "config": ConfigRecord({"local-epochs": epochs, "batch-size": batch,
+                                    "learning-rate": lr, "server-round": server_round}),
+        })
+        (reply,) = grid.send_and_receive([grid.create_message(content, MessageType.TRAIN, node, "1")])
+        assert not reply.has_error(), reply.error
+        got = reply.content["arrays"].to_numpy_ndarrays()
+        delta_c = reply.content["scaffold-delta-c"].to_numpy_ndarrays()
+
+        seed = derive_seed(derive_seed(8, 0), server_round)
+        w, b = softmax_regression_sgd(*start, x[:23], y[:23], epochs=epochs, batch=batch, lr=lr,
+                                      seed=seed, cw=c[0] - c_i[0], cb=c[1] - c_i[1])
+        np.testing.assert_allclose(got[0], w, atol=2e-5)
+        np.testing.assert_allclose(got[1], b, atol=2e-5)
+        new_c_i = [ci - cc + (s - yi) / (steps * lr)
+                   for ci, cc, s, yi in zip(c_i, c, start, (w, b))]
+        for d, new, old in zip(delta_c, new_c_i, c_i):
+            np.testing.assert_allclose(d, new - old, atol=2e-5)
+        c_i = new_c_i
+        start = [a.astype(np.float32) for a in (w, b)]  # the server moved
+    (context,) = grid.contexts.values()
+    stored = context.state["fedloom.scaffold-c-i"].to_numpy_ndarrays()
+    for got_c, want in zip(stored, c_i):
+        np.testing.assert_allclose(got_c, want, atol=2e-5)
+
+
+def test_scaffold_variate_of_another_model_is_reset_with_a_logged_reason(trainer, digits, caplog) -> None:
+    x, y = digits
+    data = ClientSplits(x[:20], y[:20])
+    grid = LocalGrid(make_client_app(lambda context: (trainer, data), seed=1), 1, seed=0)
+    (context,) = grid.contexts.values()
+    context.state["fedloom.scaffold-c-i"] = ArrayRecord([np.ones(3, np.float32)])
+    start = trainer.initial_weights()
+    c = [np.full(a.shape, 0.1, np.float32) for a in start]
+    (node,) = grid.get_node_ids()
+    content = RecordDict({"arrays": ArrayRecord(start), "scaffold-c": ArrayRecord(c),
+                          "config": ConfigRecord({"batch-size": 20, "learning-rate": 0.5,
+                                                  "server-round": 1})})
+    with caplog.at_level("WARNING", logger="fedloom"):
+        (reply,) = grid.send_and_receive([grid.create_message(content, MessageType.TRAIN, node, "1")])
+    assert "SCAFFOLD variate c_i has shapes [(3,)]" in caplog.text
+    # reset means c_i = 0: one step corrected by c alone
+    seed = derive_seed(derive_seed(1, 0), 1)
+    w, _ = softmax_regression_sgd(*start, x[:20], y[:20], epochs=1, batch=20, lr=0.5, seed=seed,
+                                  cw=c[0], cb=c[1])
+    np.testing.assert_allclose(reply.content["arrays"].to_numpy_ndarrays()[0], w, atol=2e-5)
+    assert context.state["fedloom.scaffold-c-i"].to_numpy_ndarrays()[0].shape == start[0].shape

@@ -7,6 +7,12 @@
   (``m_0 = 0``) and sends ``w_global + m_t``. Averaging over rounds shrinks the
   variance of honest updates, which is what robust aggregators (centred clipping,
   bucketing) rely on to tell attackers apart.
+- **SCAFFOLD's client control variate** (Karimireddy et al., "SCAFFOLD: Stochastic
+  Controlled Averaging for Federated Learning", ICML 2020, Algorithm 1 with option II):
+  every local step's gradient is corrected by ``c - c_i`` (``c`` the server's variate,
+  ``c_i`` the client's), and after ``K`` steps of size ``lr`` from ``x`` to ``y_i``
+  the client keeps ``c_i+ = c_i - c + (x - y_i) / (K * lr)`` and reports
+  ``c_i+ - c_i``. Only trainable arrays take part; the others' entries stay zero.
 
 The state is explicit: a :class:`ClientState` goes into a round and a new one comes
 out. Where it is stored between rounds is the Flower adapters' business
@@ -24,7 +30,14 @@ import numpy as np
 
 from fedloom.errors import ConfigError
 
-__all__ = ["ClientState", "apply_client_momentum", "check_client_momentum", "matching_state"]
+__all__ = [
+    "ClientState",
+    "apply_client_momentum",
+    "check_client_momentum",
+    "matching_state",
+    "scaffold_correction",
+    "scaffold_variate_update",
+]
 
 LOGGER = logging.getLogger("fedloom")
 
@@ -37,9 +50,11 @@ class ClientState:
 
     ``momentum``: the client-momentum buffer ``m``, one float array per model array
     (``get_weights()`` order; zero-size for integer arrays, which it leaves alone).
+    ``control_variate``: SCAFFOLD's ``c_i``, the same layout.
     """
 
     momentum: tuple[np.ndarray, ...] | None = None
+    control_variate: tuple[np.ndarray, ...] | None = None
 
 
 def check_client_momentum(value: object) -> float:
@@ -99,3 +114,61 @@ def apply_client_momentum(
         sent.append(np.add(start, momentum, dtype=np.float64).astype(local.dtype))
         new_buffer.append(momentum.astype(np.float32))
     return sent, tuple(new_buffer)
+
+
+def scaffold_correction(
+    server_variate: Sequence[np.ndarray],
+    client_variate: Sequence[np.ndarray] | None,
+    like: Sequence[np.ndarray],
+) -> NDArrays:
+    """``c - c_i`` per model array (float32; ``c_i = None`` is zero; integer arrays
+    get zeros of their shape, which the trainer ignores)."""
+    correction = []
+    for index, weight in enumerate(like):
+        if not np.issubdtype(weight.dtype, np.floating):
+            correction.append(np.zeros(weight.shape, np.float32))
+            continue
+        value = np.asarray(server_variate[index], dtype=np.float64)
+        if client_variate is not None:
+            value = value - np.asarray(client_variate[index], dtype=np.float64)
+        correction.append(value.astype(np.float32))
+    return correction
+
+
+def scaffold_variate_update(
+    server_variate: Sequence[np.ndarray],
+    client_variate: Sequence[np.ndarray] | None,
+    global_weights: Sequence[np.ndarray],
+    local_weights: Sequence[np.ndarray],
+    trainable: Sequence[bool],
+    *,
+    steps: int,
+    learning_rate: float,
+) -> tuple[tuple[np.ndarray, ...], NDArrays]:
+    """Option II: ``(c_i+, c_i+ - c_i)`` with ``c_i+ = c_i - c + (x - y_i) / (K * lr)``.
+
+    ``x``: ``global_weights``, ``y_i``: ``local_weights`` after ``steps`` (``K``) SGD
+    steps of ``learning_rate``; ``client_variate=None`` is ``c_i = 0``. Arrays where
+    ``trainable`` is False keep zero variates and zero deltas; integer arrays have a
+    zero-size variate (as in :class:`ClientState`) and a zero delta of their shape.
+    Computed in float64, returned as float32.
+    """
+    if steps < 1 or not learning_rate > 0:
+        raise ValueError(f"SCAFFOLD needs steps >= 1 and learning_rate > 0; got {steps}, {learning_rate}")
+    new_variate, delta = [], []
+    for index, (x, y) in enumerate(zip(global_weights, local_weights)):
+        if not np.issubdtype(np.asarray(x).dtype, np.floating):  # integer: no variate
+            new_variate.append(np.zeros(0, np.float32))
+            delta.append(np.zeros(np.shape(x), np.float32))
+            continue
+        if not trainable[index]:
+            new_variate.append(np.zeros(np.shape(x), np.float32))
+            delta.append(np.zeros(np.shape(x), np.float32))
+            continue
+        old = (np.zeros(np.shape(x)) if client_variate is None
+               else np.asarray(client_variate[index], dtype=np.float64))
+        drift = np.subtract(x, y, dtype=np.float64) / (steps * learning_rate)
+        updated = old - np.asarray(server_variate[index], dtype=np.float64) + drift
+        new_variate.append(updated.astype(np.float32))
+        delta.append((updated - old).astype(np.float32))
+    return tuple(new_variate), delta

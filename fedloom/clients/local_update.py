@@ -29,7 +29,7 @@ key                default  meaning
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -39,14 +39,17 @@ from fedloom.clients.client_state import (
     apply_client_momentum,
     check_client_momentum,
     matching_state,
+    scaffold_correction,
+    scaffold_variate_update,
 )
-from fedloom.clients.inputs import check_hyperparameters, check_proximal_mu
+from fedloom.clients.inputs import check_hyperparameters, check_proximal_mu, local_steps
 from fedloom.clients.trainer import KerasTrainer
 from fedloom.errors import ConfigError
 
 __all__ = [
     "ClientSplits",
     "ClientState",
+    "RoundResult",
     "SplitData",
     "TrainConfig",
     "derive_seed",
@@ -125,6 +128,23 @@ class TrainConfig:
         return self.client_momentum > 0
 
 
+@dataclass(frozen=True)
+class RoundResult:
+    """What :func:`train_client_round` returns.
+
+    ``weights``: the weights to send (``get_weights()`` order); ``num_examples``: the
+    training examples; ``metrics``: Python floats (see :func:`train_client_round`);
+    ``state``: the client's state for its next round; ``control_delta``: SCAFFOLD's
+    ``c_i+ - c_i`` per model array, ``None`` when the round carried no server variate.
+    """
+
+    weights: NDArrays
+    num_examples: int
+    metrics: dict[str, float]
+    state: ClientState
+    control_delta: NDArrays | None = None
+
+
 def derive_seed(*parts: int) -> int:
     """A 32-bit seed mixing integers (e.g. a client seed and the server round).
 
@@ -160,9 +180,8 @@ def train_on_client(
             "rounds; this client keeps none. Use make_client_app (state in the node's "
             "context.state) or give KerasClient the client_fn's context."
         )
-    new_weights, num_examples, metrics, _ = train_client_round(
-        trainer, data, weights, cfg, seed=seed, state=ClientState())
-    return new_weights, num_examples, metrics
+    result = train_client_round(trainer, data, weights, cfg, seed=seed, state=ClientState())
+    return result.weights, result.num_examples, result.metrics
 
 
 def train_client_round(
@@ -173,30 +192,44 @@ def train_client_round(
     *,
     seed: int = 0,
     state: ClientState,
+    server_variate: Sequence[np.ndarray] | None = None,
     client: str = "?",
-) -> tuple[NDArrays, int, dict[str, float], ClientState]:
+) -> RoundResult:
     """One client update: local SGD from ``weights``, then a look at the validation split.
 
     The shuffle seed of the round is ``derive_seed(seed, server_round)``: rounds
-    differ, and re-running the same experiment repeats exactly. With
-    ``client-momentum`` beta > 0 the weights sent are ``weights + m`` (see
-    :mod:`fedloom.clients.client_state`); ``state`` holds ``m`` of the client's last
-    round (a state of another model's shapes is reset, logged with ``client``).
+    differ, and re-running the same experiment repeats exactly. ``state`` is what
+    the client kept from its last round (see :mod:`fedloom.clients.client_state`; a
+    stored array of another model's shapes is reset, logged with ``client``):
+
+    * with ``client-momentum`` beta > 0 the weights sent are ``weights + m``;
+    * with ``server_variate`` (SCAFFOLD's ``c``, ``get_weights()`` order) every
+      local step is corrected by ``c - c_i`` and the result carries
+      ``control_delta = c_i+ - c_i`` (option II).
 
     Returns:
-        ``(weights_to_send, num_train_examples, metrics, new_state)`` with Python
-        ``float`` metrics: ``train_loss``/``train_accuracy`` (example-weighted means
-        over the last local epoch, see :meth:`KerasTrainer.fit`),
-        ``val_loss``/``val_accuracy`` (the locally UPDATED model, before client
-        momentum, on the client's validation split) and ``quality`` (=
-        ``val_accuracy``, the client's held-out measure of its own update). A client
-        without validation examples reports the updated model's loss and accuracy
-        on its own training split as ``val_loss``/``val_accuracy`` and ``quality``
-        instead (an optimistic estimate).
+        A :class:`RoundResult`. Its metrics: ``train_loss``/``train_accuracy``
+        (example-weighted means over the last local epoch, see
+        :meth:`KerasTrainer.fit`), ``val_loss``/``val_accuracy`` (the locally UPDATED
+        model, before client momentum, on the client's validation split) and
+        ``quality`` (= ``val_accuracy``, the client's held-out measure of its own
+        update). A client without validation examples reports the updated model's
+        loss and accuracy on its own training split as ``val_loss``/``val_accuracy``
+        and ``quality`` instead (an optimistic estimate).
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_config(config)
+    weights = [np.asarray(w) for w in weights]
+    client_variate = correction = None
+    if server_variate is not None:
+        if [np.shape(c) for c in server_variate] != [w.shape for w in weights]:
+            raise ConfigError(
+                f"the server's SCAFFOLD variate has shapes {[np.shape(c) for c in server_variate]}; "
+                f"the model's arrays have {[w.shape for w in weights]}. Send 'scaffold-c' "
+                "with the same keys and shapes as the model's arrays.")
+        client_variate = matching_state(state.control_variate, weights, "SCAFFOLD variate c_i", client)
+        correction = scaffold_correction(server_variate, client_variate, weights)
     has_val = _has_examples(data.x_val)
-    new_weights, train_metrics = trainer.fit(
+    local_weights, train_metrics = trainer.fit(
         weights,
         data.x_train,
         data.y_train,
@@ -206,13 +239,19 @@ def train_client_round(
         seed=derive_seed(seed, cfg.server_round),
         validation=(data.x_val, data.y_val) if has_val else (data.x_train, data.y_train),
         proximal_mu=cfg.proximal_mu,
+        correction=correction,
     )
-    momentum = state.momentum
+    new_state, control_delta, sent = state, None, local_weights
+    if server_variate is not None:
+        steps = local_steps(len(data.x_train), cfg.local_epochs, cfg.batch_size)
+        variate, control_delta = scaffold_variate_update(
+            server_variate, client_variate, weights, local_weights, trainer.trainable_mask,
+            steps=steps, learning_rate=cfg.learning_rate)
+        new_state = replace(new_state, control_variate=variate)
     if cfg.client_momentum > 0:
-        weights = [np.asarray(w) for w in weights]
         buffer = matching_state(state.momentum, weights, "client-momentum buffer", client)
-        new_weights, momentum = apply_client_momentum(
-            weights, new_weights, buffer, cfg.client_momentum)
+        sent, momentum = apply_client_momentum(weights, local_weights, buffer, cfg.client_momentum)
+        new_state = replace(new_state, momentum=momentum)
     metrics = {
         "train_loss": float(train_metrics["train_loss"]),
         "train_accuracy": float(train_metrics["train_accuracy"]),
@@ -220,7 +259,7 @@ def train_client_round(
         "val_accuracy": float(train_metrics["val_accuracy"]),
         "quality": float(train_metrics["val_accuracy"]),
     }
-    return new_weights, int(len(data.x_train)), metrics, ClientState(momentum=momentum)
+    return RoundResult(sent, int(len(data.x_train)), metrics, new_state, control_delta)
 
 
 def evaluate_on_client(

@@ -95,11 +95,11 @@ class KerasClient(NumPyClient):
         cfg = TrainConfig.from_config(config)
         if context is None or not cfg.needs_state:
             return train_on_client(self.trainer, self.data, parameters, config, seed=self.seed)
-        new_weights, num_examples, metrics, state = train_client_round(
+        result = train_client_round(
             self.trainer, self.data, parameters, cfg, seed=self.seed,
             state=load_client_state(context), client=str(context.node_id))
-        store_client_state(context, state)
-        return new_weights, num_examples, metrics
+        store_client_state(context, result.state)
+        return result.weights, result.num_examples, result.metrics
 
     def evaluate(
         self, parameters: list[np.ndarray], config: dict[str, Any]
