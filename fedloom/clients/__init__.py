@@ -1,12 +1,14 @@
 """The fast Keras client: one training core, two Flower client APIs.
 
-- :class:`KerasTrainer` / :func:`get_trainer` (``trainer.py``): builds and compiles a
-  model once per process and runs a whole local update in one ``tf.function`` call.
+- :class:`KerasTrainer` (``trainer.py``, graphs in ``update_graphs.py``) and
+  :func:`get_trainer` (``trainer_cache.py``): builds and compiles a model once per
+  process and runs a whole local update in one ``tf.function`` call.
 - :func:`train_on_client` / :func:`evaluate_on_client` (``local_update.py``): what a
   client does in a round, API-independent.
+- :class:`ClientState` (``client_state.py``): what a client keeps between rounds
+  (client momentum, SCAFFOLD's control variate) and the numpy maths using it.
 - :class:`KerasClient` (``numpy_client.py``): legacy ``flwr.client.NumPyClient``.
 - :func:`make_client_app` (``client_app.py``): Message-API ``flwr.clientapp.ClientApp``.
-
 - :func:`configure_tensorflow` (``tensorflow_setup.py``): TensorFlow's threads and GPU
   memory growth, once per process; building the first trainer calls it with its
   defaults unless the process did.
@@ -23,7 +25,8 @@ from fedloom.clients.tensorflow_setup import (
     configure_tensorflow,
     configure_tensorflow_threads,
 )
-from fedloom.clients.trainer import KerasTrainer, clear_trainer_cache, get_trainer
+from fedloom.clients.trainer import KerasTrainer
+from fedloom.clients.trainer_cache import clear_trainer_cache, get_trainer
 from fedloom.clients.local_update import (  # isort: skip
     ClientSplits,
     ClientState,

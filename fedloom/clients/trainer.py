@@ -7,8 +7,9 @@ Keras overhead, not arithmetic: building and compiling the model, then
 ``model.fit``'s data adapter, callbacks and epoch iterator (and a first-call graph
 trace). :class:`KerasTrainer` instead
 
-* builds and compiles the model once (and :func:`get_trainer` keeps one trainer per
-  model spec per process, so a simulation worker serving many clients builds once);
+* builds and compiles the model once (and :func:`fedloom.clients.get_trainer` keeps
+  one trainer per model spec per process, so a simulation worker serving many clients
+  builds once);
 * runs a whole local update -- load the received weights, all epochs, all
   mini-batches, plain SGD (optionally with momentum, FedProx's proximal term and
   SCAFFOLD's correction) -- in ONE call of a ``tf.function`` with a
@@ -19,13 +20,9 @@ trace). :class:`KerasTrainer` instead
   trainer and never retraced across rounds, clients, data sizes or learning rates
   (see :attr:`KerasTrainer.tracing_count`).
 
-The maths is the usual mini-batch SGD: each epoch visits every example once in a
-fresh random order drawn from ``seed`` (``numpy.random.default_rng``), in batches of
-``batch_size``; the last batch of an epoch may be smaller (no example is dropped);
-every batch takes one step ``w <- w - lr * grad(mean batch loss)`` (with momentum
-``m``: ``v <- m * v + grad; w <- w - lr * v``, ``v`` reset to zero at the start of
-every local update, as a freshly built optimizer would be). The loss is sparse
-categorical cross-entropy on integer labels plus the model's regularisation losses.
+The maths is the usual mini-batch SGD (the exact step: :mod:`~fedloom.clients.update_graphs`):
+each epoch visits every example once in a fresh random order drawn from ``seed``, in
+batches of ``batch_size``, the last one possibly smaller (no example is dropped).
 
 Inputs are float32, or int32 when the model's input is an integer tensor (token
 sequences for an ``Embedding`` layer, e.g. next-character prediction).
@@ -66,9 +63,7 @@ if TYPE_CHECKING:
 __all__ = [
     "KerasTrainer",
     "ModelSpec",
-    "clear_trainer_cache",
     "configure_tensorflow_threads",
-    "get_trainer",
     "local_steps",
     "shuffle_order",
 ]
@@ -92,7 +87,7 @@ class KerasTrainer:
     A trainer is stateful (it holds the Keras variables), so calls are serialised
     with a lock; one trainer may serve any number of clients one after another,
     because every :meth:`fit`/:meth:`evaluate` starts by loading the weights it is
-    given. Use :func:`get_trainer` to share one per process.
+    given. Use :func:`fedloom.clients.get_trainer` to share one per process.
     """
 
     def __init__(
@@ -334,39 +329,3 @@ class KerasTrainer:
         """How often each graph was traced (1 each after first use): ``fit``,
         ``evaluate``, and ``fit_extra_terms`` once FedProx or SCAFFOLD was used."""
         return dict(self._python_traces)
-
-
-_TRAINERS: dict[tuple[ModelSpec, float], KerasTrainer] = {}
-_TRAINERS_LOCK = threading.Lock()
-
-
-def get_trainer(
-    spec: ModelSpec, *, momentum: float = 0.0, gpu_memory_growth: bool = True
-) -> KerasTrainer:
-    """The process-wide trainer for ``(spec, momentum)``, built on first use.
-
-    A Flower simulation worker serves many clients; with this cache it builds,
-    compiles and traces the model once instead of once per client or round.
-    Trainers never keep client state between calls (each call loads the weights
-    it is given), so sharing is safe. The cache lives only as long as the process:
-    in a deployment every message starts a fresh ``flwr-clientapp`` process.
-    ``gpu_memory_growth`` is passed to the first trainer's TensorFlow set-up.
-    """
-    if not isinstance(spec, ModelSpec):
-        raise ConfigError(
-            f"get_trainer needs a fedloom.models.ModelSpec; received {type(spec).__name__}. "
-            "Build a KerasTrainer directly for a model-builder callable."
-        )
-    key = (spec, float(momentum))
-    with _TRAINERS_LOCK:
-        trainer = _TRAINERS.get(key)
-        if trainer is None:
-            trainer = _TRAINERS[key] = KerasTrainer(
-                spec, momentum=momentum, gpu_memory_growth=gpu_memory_growth)
-        return trainer
-
-
-def clear_trainer_cache() -> None:
-    """Forget all cached trainers (their models are freed when unreferenced)."""
-    with _TRAINERS_LOCK:
-        _TRAINERS.clear()
