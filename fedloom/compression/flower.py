@@ -41,7 +41,8 @@ __all__ = ["compression_mod", "decode_compressed", "COMPRESSION_RECORD"]
 
 COMPRESSION_RECORD = "compression"
 _RESIDUAL_RECORD = "fedloom.compression.residual"
-_SENT_RECORD = "fedloom.compression.sent"  # last update's chunks and base fingerprint
+_SENT_RECORD = "fedloom.compression.sent"  # the chunks of the node's last update
+_SENT_BASE_RECORD = "fedloom.compression.sent-base"  # fingerprint of the model it started from
 _PAYLOAD_KEY = "payload"
 _RAW_FORMAT = "raw"
 
@@ -80,9 +81,10 @@ def compression_mod(method: str, **options) -> Mod:
         if codec.stateful:
             names = [str(i) for i in range(len(keys))]
             context.state[_RESIDUAL_RECORD] = ndarrays_to_arrayrecord(new_residuals, names)
-            sent = [c if f != _RAW_FORMAT else np.zeros(0, np.uint8) for c, f in zip(chunks, formats)]
-            context.state[_SENT_RECORD] = ndarrays_to_arrayrecord(sent, names)
-            context.state[_SENT_RECORD + ".base"] = ConfigRecord({"fingerprint": base})
+            sent_chunks = [c if f != _RAW_FORMAT else np.zeros(0, np.uint8)
+                           for c, f in zip(chunks, formats)]
+            context.state[_SENT_RECORD] = ndarrays_to_arrayrecord(sent_chunks, names)
+            context.state[_SENT_BASE_RECORD] = ConfigRecord({"fingerprint": base})
         reply.content[name] = ndarrays_to_arrayrecord([np.concatenate(chunks)], [_PAYLOAD_KEY])
         reply.content[COMPRESSION_RECORD] = ConfigRecord(
             {"codec": codec.name, "keys": keys, "sizes": [int(c.size) for c in chunks],
@@ -113,7 +115,7 @@ def _load_residuals(
         return [None] * count
     residuals = [np.array(a) if a.size else None for a in arrayrecord_views(record)]
     sent = context.state.get(_SENT_RECORD)
-    info = context.state.get(_SENT_RECORD + ".base")
+    info = context.state.get(_SENT_BASE_RECORD)
     if not isinstance(sent, ArrayRecord) or not isinstance(info, ConfigRecord):
         return residuals
     if info.get("fingerprint") != base or len(sent) != count:
