@@ -243,3 +243,32 @@ def test_scaffold_variate_of_another_model_is_reset_with_a_logged_reason(trainer
                                   cw=c[0], cb=c[1])
     np.testing.assert_allclose(reply.content["arrays"].to_numpy_ndarrays()[0], w, atol=2e-5)
     assert context.state["fedloom.scaffold-c-i"].to_numpy_ndarrays()[0].shape == start[0].shape
+
+
+def test_legacy_client_fn_keeps_momentum_in_the_context_flower_hands_it(trainer, digits) -> None:
+    """Through Flower's legacy ClientApp(client_fn=...) on the local engine: a new
+    KerasClient per message, the buffer carried by the node's context between rounds."""
+    from flwr.clientapp import ClientApp
+    from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common.recorddict_compat import fitins_to_recorddict, recorddict_to_fitres
+
+    from fedloom.clients import KerasClient
+
+    x, y = digits
+    app = ClientApp(client_fn=lambda context: KerasClient(
+        trainer, x[:20], y[:20], seed=3, context=context).to_client())
+    grid = LocalGrid(app, 1, seed=0)
+    (node,) = grid.get_node_ids()
+    start = trainer.initial_weights()
+    plain = {"batch-size": 10, "learning-rate": 0.5}
+    sent = []
+    for server_round in (1, 2):
+        config = {**plain, "client-momentum": 0.5, "server-round": server_round}
+        content = fitins_to_recorddict(FitIns(ndarrays_to_parameters(start), config), keep_input=True)
+        (reply,) = grid.send_and_receive([grid.create_message(content, MessageType.TRAIN, node, "1")])
+        assert not reply.has_error(), reply.error
+        sent.append(parameters_to_ndarrays(recorddict_to_fitres(reply.content, keep_input=False).parameters))
+    d1, d2 = (KerasClient(trainer, x[:20], y[:20], seed=3).fit(start, {**plain, "server-round": r})[0][0]
+              .astype(np.float64) - start[0] for r in (1, 2))
+    np.testing.assert_allclose(sent[0][0], start[0] + 0.5 * d1, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(sent[1][0], start[0] + 0.25 * d1 + 0.5 * d2, rtol=1e-6, atol=1e-7)
