@@ -83,8 +83,11 @@ class KerasClient(NumPyClient):
     ) -> tuple[list[np.ndarray], int, dict[str, float]]:
         """Train locally from ``parameters``.
 
-        Reads ``local-epochs`` (1), ``batch-size`` (32), ``learning-rate`` (0.1) and
-        ``server-round`` (0) from ``config``. Returns ``(new_weights,
+        Reads ``local-epochs`` (1), ``batch-size`` (32), ``learning-rate`` (0.1),
+        ``server-round`` (0), ``proximal-mu`` (0) and ``client-momentum`` (0; needs
+        the ``context`` argument) from ``config`` (see
+        :mod:`fedloom.clients.local_update`). SCAFFOLD needs the Message API (its
+        variates travel as extra ArrayRecords). Returns ``(new_weights,
         num_train_examples, metrics)`` with Python-float metrics ``train_loss``,
         ``train_accuracy`` (last local epoch), ``val_loss``, ``val_accuracy`` (the
         updated model on the validation split) and ``quality`` (= ``val_accuracy``).
