@@ -356,3 +356,73 @@ def test_importing_fedloom_does_not_import_tensorflow() -> None:
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------- regularised losses
+def _l2_model():
+    import keras
+
+    inputs = keras.Input(shape=(64,))
+    hidden = keras.layers.Dense(
+        16, activation="relu", kernel_regularizer=keras.regularizers.L2(0.01),
+        kernel_initializer=keras.initializers.GlorotUniform(seed=1))(inputs)
+    outputs = keras.layers.Dense(
+        10, activation="softmax", activity_regularizer=keras.regularizers.L1(0.001),
+        kernel_initializer=keras.initializers.GlorotUniform(seed=2))(hidden)
+    return keras.Model(inputs, outputs)
+
+
+def test_reported_losses_include_regularisers_like_keras(digits) -> None:
+    """train_loss, val_loss and evaluate() equal what Keras reports for the same model:
+    model.evaluate's loss, and model.fit's epoch loss (the batch-size-weighted mean of
+    each batch's loss before its step), both with the L2 kernel and L1 activity terms."""
+    x, y = digits
+    trainer = KerasTrainer(_l2_model)
+    start = trainer.get_weights()
+    model = trainer.model
+    model.set_weights(start)
+    keras_loss, keras_acc = model.evaluate(x[:100], y[:100], batch_size=32, verbose=0)
+    loss, accuracy = trainer.evaluate(start, x[:100], y[:100])
+    ce_only = float(np.mean(-np.log(model.predict(x[:100], verbose=0)[np.arange(100), y[:100]])))
+    assert keras_loss > ce_only + 0.01  # the regularisers matter in this test
+    assert loss == pytest.approx(keras_loss, rel=1e-5)
+    assert accuracy == pytest.approx(keras_acc)
+
+    new, metrics = trainer.fit(
+        start, x[:40], y[:40], epochs=1, batch_size=40, learning_rate=0.1, seed=0,
+        validation=(x[100:160], y[100:160]),
+    )
+    model.set_weights(new)
+    val_loss, _ = model.evaluate(x[100:160], y[100:160], verbose=0)
+    assert metrics["val_loss"] == pytest.approx(val_loss, rel=1e-5)
+    # One full batch: the epoch loss is the loss of the starting weights on it.
+    model.set_weights(start)
+    batch_loss, _ = model.evaluate(x[:40], y[:40], batch_size=40, verbose=0)
+    assert metrics["train_loss"] == pytest.approx(batch_loss, rel=1e-5)
+
+
+def test_integer_token_inputs_train_as_int32() -> None:
+    """A next-token model (Embedding over integer ids) is fed int32, not float32;
+    non-integer values are refused with the reason."""
+    import keras
+
+    def model():
+        inputs = keras.Input(shape=(6,), dtype="int32")
+        embedded = keras.layers.Embedding(
+            20, 8, embeddings_initializer=keras.initializers.RandomUniform(seed=0))(inputs)
+        pooled = keras.layers.GlobalAveragePooling1D()(embedded)
+        return keras.Model(inputs, keras.layers.Dense(
+            20, activation="softmax", kernel_initializer=keras.initializers.GlorotUniform(seed=1))(pooled))
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 20, size=(64, 6))
+    y = x[:, 0]  # predict the first token: learnable from the embedding
+    trainer = KerasTrainer(model)
+    assert trainer.input_dtype == np.int32
+    start = trainer.get_weights()
+    loss_before, _ = trainer.evaluate(start, x, y)
+    weights, _ = trainer.fit(start, x, y, epochs=60, batch_size=16, learning_rate=3.0, seed=0)
+    loss_after, _ = trainer.evaluate(weights, x, y)
+    assert loss_after < 0.8 * loss_before
+    with pytest.raises(DataError, match="takes integer inputs"):
+        trainer.evaluate(weights, x + 0.5, y)

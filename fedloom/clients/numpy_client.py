@@ -23,9 +23,17 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from flwr.app import Context
 from flwr.client import NumPyClient
 
-from fedloom.clients.local_update import ClientSplits, evaluate_on_client, train_on_client
+from fedloom.clients.client_app import load_client_state, store_client_state
+from fedloom.clients.local_update import (
+    ClientSplits,
+    TrainConfig,
+    evaluate_on_client,
+    train_client_round,
+    train_on_client,
+)
 from fedloom.clients.trainer import KerasTrainer
 
 __all__ = ["KerasClient"]
@@ -44,6 +52,10 @@ class KerasClient(NumPyClient):
         seed: this client's seed; the shuffle of round ``r`` uses
             ``derive_seed(seed, r)``. Give every client a different one (e.g. its
             partition id).
+        context: the ``client_fn``'s context. Flower builds a new client for every
+            message, so state between rounds (the ``client-momentum`` buffer) is
+            kept in ``context.state``, as the Message-API client does; without a
+            context, a config that needs state is refused.
     """
 
     def __init__(
@@ -55,10 +67,12 @@ class KerasClient(NumPyClient):
         y_val: np.ndarray | None = None,
         *,
         seed: int = 0,
+        context: Context | None = None,
     ) -> None:
         self.trainer = trainer
         self.data = ClientSplits(x_train, y_train, x_val, y_val)
         self.seed = int(seed)
+        self.client_context = context
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         """The trainer's current weights (e.g. freshly initialised ones)."""
@@ -69,15 +83,26 @@ class KerasClient(NumPyClient):
     ) -> tuple[list[np.ndarray], int, dict[str, float]]:
         """Train locally from ``parameters``.
 
-        Reads ``local-epochs`` (1), ``batch-size`` (32), ``learning-rate`` (0.1) and
-        ``server-round`` (0) from ``config``. Returns ``(new_weights,
+        Reads ``local-epochs`` (1), ``batch-size`` (32), ``learning-rate`` (0.1),
+        ``server-round`` (0), ``proximal-mu`` (0) and ``client-momentum`` (0; needs
+        the ``context`` argument) from ``config`` (see
+        :mod:`fedloom.clients.local_update`). SCAFFOLD needs the Message API (its
+        variates travel as extra ArrayRecords). Returns ``(new_weights,
         num_train_examples, metrics)`` with Python-float metrics ``train_loss``,
         ``train_accuracy`` (last local epoch), ``val_loss``, ``val_accuracy`` (the
         updated model on the validation split) and ``quality`` (= ``val_accuracy``).
         A client without validation examples uses the updated model's accuracy (and
         loss) on its training split for ``quality`` and the ``val_*`` metrics.
         """
-        return train_on_client(self.trainer, self.data, parameters, config, seed=self.seed)
+        context = self.client_context
+        cfg = TrainConfig.from_config(config)
+        if context is None or not cfg.needs_state:
+            return train_on_client(self.trainer, self.data, parameters, config, seed=self.seed)
+        result = train_client_round(
+            self.trainer, self.data, parameters, cfg, seed=self.seed,
+            state=load_client_state(context), client=str(context.node_id))
+        store_client_state(context, result.state)
+        return result.weights, result.num_examples, result.metrics
 
     def evaluate(
         self, parameters: list[np.ndarray], config: dict[str, Any]
