@@ -16,7 +16,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.clientapp import ClientApp
 from scipy.stats import norm
 
-from fedloom.aggregation import coordinate_median, trimmed_mean, unweighted_mean, weighted_mean
+from fedloom.aggregation import (
+    ClientUpdate,
+    Pipeline,
+    TrimmedMean,
+    WeightBy,
+    coordinate_median,
+    trimmed_mean,
+    unweighted_mean,
+    weighted_mean,
+)
 from fedloom.aggregation.weight_cap import cap_weights
 from fedloom.attacks import ATTACKER_RECORD, AttackPlan, flip_labels
 from fedloom.data import ClientData
@@ -202,6 +211,16 @@ def test_attack_grid_wraps_only_for_omniscient_attacks_and_options_are_checked()
         AttackPlan.from_config({"name": "alie", "lie_num_examples": -1}, 10, 0)
 
 
+def test_omniscient_attacks_refuse_compressed_replies():
+    from test_experiment import config
+
+    from fedloom.experiment import settings
+
+    with pytest.raises(ConfigError, match="attack=alie is not allowed with compression=int8"):
+        settings.validate(config("attack=alie", "compression=int8"))
+    settings.validate(config("attack=sign_flip", "compression=int8"))  # a client-side attack may
+
+
 # ----------------------------------------------------------------------------- the reducers
 def _shift(aggregate: np.ndarray, honest: np.ndarray) -> float:
     """Distance of an aggregate to the honest mean, in units of the honest updates' RMS
@@ -304,6 +323,18 @@ def test_a_client_claiming_1e9_examples_takes_over_the_weighted_mean_not_a_cappe
     honest_report, lie, capped = trimmed_shift(true), trimmed_shift(reported), trimmed_shift(cap_weights(reported))
     assert lie > 2 * honest_report
     assert capped - honest_report < 0.25 * (lie - honest_report)
+
+
+    # the same through a robust pipeline (no norm filter) reading the replies' metadata
+    client_updates = [ClientUpdate(str(k), replies[k].content["arrays"].to_numpy_ndarrays(),
+                                   replies[k].content["metrics"]["num-examples"]) for k in order]
+    for cap, expected in ((None, lie), (3.0, capped)):
+        pipeline = Pipeline(WeightBy("num_examples", cap=cap), TrimmedMean(0.2, weighted=True))
+        result = pipeline(GLOBAL, client_updates)
+        delta = stacked([[w.astype(np.float64) - g for w, g in zip(result.weights, GLOBAL)]])[0]
+        assert _shift(delta, honest) == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ConfigError, match="weight cap must be a multiple of the median >= 1"):
+        WeightBy("num_examples", cap=0.5)
 
 
 # ----------------------------------------------------------------------------- label flipping
