@@ -366,3 +366,32 @@ def test_simulate_runs_alie_against_the_robust_median(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "attack alie in round" in done.stdout + done.stderr
     assert "final accuracy" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_attack_grid_works_on_flowers_ray_engine():
+    """The attackers' mark survives Flower's transport and the wrapper sees the whole
+    round: with IPM eps=100 the plain average is ``(4 m - 100 m) / 5`` of the honest mean."""
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    from fedloom.strategies import SimpleAverage
+
+    plan = AttackPlan("ipm", 5, seed=1, fraction=0.2, eps=100.0)
+    (attacker,) = plan.attackers
+    server, out = ServerApp(), {}
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy = SimpleAverage(min_available_nodes=5, min_train_nodes=5, fraction_evaluate=0.0, seed=0)
+        out["result"] = strategy.start(grid=attack_grid(grid, plan), initial_arrays=ArrayRecord(GLOBAL),
+                                       num_rounds=1)
+
+    run_simulation(server, make_app(plan), num_supernodes=5, backend_config={"client_resources": {"num_cpus": 1}})
+    honest = stacked([[w.astype(np.float64) - g.astype(np.float64)
+                       for w, g in zip([g + d for g, d in zip(GLOBAL, honest_delta(k))], GLOBAL)]
+                      for k in range(5) if k != attacker])
+    expected = (4 - 100) / 5 * honest.mean(axis=0)
+    got = out["result"].arrays.to_numpy_ndarrays()
+    delta = stacked([[w.astype(np.float64) - g for w, g in zip(got, GLOBAL)]])[0]
+    np.testing.assert_allclose(delta, expected, rtol=1e-4, atol=1e-4)
