@@ -197,8 +197,8 @@ class AttackPlan:
         unknown = sorted(set(options) - _OPTIONS[name] - _LIES)
         if unknown:
             allowed = ", ".join(sorted({"name", "fraction"} | _OPTIONS[name]))
-            raise ConfigError(f"attack.{unknown[0]} is not a setting of attack {name!r}; its settings: {allowed}; "
-                              f"with any attack: {', '.join(sorted(_LIES))}.")
+            raise ConfigError(f"attack.{unknown[0]} is not a setting of attack {name!r}; its settings: "
+                              f"{allowed}; with any attack: {', '.join(sorted(_LIES))}.")
         return cls(name, num_clients, seed, fraction, **options)
 
     @property

@@ -162,7 +162,9 @@ def test_min_max_and_min_sum_send_the_largest_perturbation_within_the_honest_dis
 
     def distance(g):
         squared = ((mean + g * p - honest) ** 2).sum(axis=1)
-        return (squared.max(), pairwise.max()) if name == "minmax" else (squared.sum(), pairwise.sum(axis=1).max())
+        if name == "minmax":
+            return squared.max(), pairwise.max()
+        return squared.sum(), pairwise.sum(axis=1).max()
 
     assert gamma > 0
     within, limit = distance(gamma * (1 - 1e-4))
@@ -200,7 +202,8 @@ def test_too_few_honest_updates_leave_the_attackers_own_updates(caplog):
 def test_attack_grid_wraps_only_for_omniscient_attacks_and_options_are_checked():
     local = LocalGrid(ClientApp(), 10, seed=0)
     cfg = {"num_clients": 10, "seed": 0}
-    assert isinstance(attack_grid(local, {**cfg, "attack": {"name": "ipm", "eps": 100.0}}), OmniscientAttackGrid)
+    wrapped = attack_grid(local, {**cfg, "attack": {"name": "ipm", "eps": 100.0}})
+    assert isinstance(wrapped, OmniscientAttackGrid) and wrapped.grid is local
     for section in ({"name": "sign_flip"}, {"name": "label_flip"}, {"name": "none"}):
         assert attack_grid(local, {**cfg, "attack": section}) is local
     with pytest.raises(ConfigError, match="attack.direction='up' is not allowed"):
@@ -320,7 +323,8 @@ def test_a_client_claiming_1e9_examples_takes_over_the_weighted_mean_not_a_cappe
     def trimmed_shift(weights):
         return _shift(stacked([trimmed_mean(updates, 0.2, weights=weights)])[0], honest)
 
-    honest_report, lie, capped = trimmed_shift(true), trimmed_shift(reported), trimmed_shift(cap_weights(reported))
+    honest_report, lie = trimmed_shift(true), trimmed_shift(reported)
+    capped = trimmed_shift(cap_weights(reported))
     assert lie > 2 * honest_report
     assert capped - honest_report < 0.25 * (lie - honest_report)
 
@@ -387,7 +391,8 @@ def test_the_attack_grid_works_on_flowers_ray_engine():
         out["result"] = strategy.start(grid=attack_grid(grid, plan), initial_arrays=ArrayRecord(GLOBAL),
                                        num_rounds=1)
 
-    run_simulation(server, make_app(plan), num_supernodes=5, backend_config={"client_resources": {"num_cpus": 1}})
+    run_simulation(server, make_app(plan), num_supernodes=5,
+                   backend_config={"client_resources": {"num_cpus": 1}})
     honest = stacked([[w.astype(np.float64) - g.astype(np.float64)
                        for w, g in zip([g + d for g, d in zip(GLOBAL, honest_delta(k))], GLOBAL)]
                       for k in range(5) if k != attacker])
