@@ -31,6 +31,7 @@ import numpy as np
 
 from fedloom.aggregation.round_state import ClientUpdate, RoundState
 from fedloom.aggregation.stages import Stage
+from fedloom.aggregation.weight_cap import cap_weights
 from fedloom.errors import ConfigError
 
 __all__ = [
@@ -115,6 +116,9 @@ class WeightBy(Stage):
         quality_kind: ``"accuracy"`` (higher is better, in [0, 1]) or ``"loss"``
             (lower is better, mapped to ``1 / (1 + loss)``); see the module docstring.
         floor: minimum quality weight in ``[0, 1]`` so a valid client never gets 0.
+        cap: ``None`` (trust the reports), or each weight capped at ``cap`` times the
+            round's median weight (:func:`~fedloom.aggregation.weight_cap.cap_weights`,
+            ``>= 1``), so a client lying about ``num_examples`` or quality gains little.
 
     Updates missing the quality metric are rejected with reason ``missing_metric``
     (so a quality weighting *may reject*). Reads only what the clients reported (never
@@ -130,7 +134,13 @@ class WeightBy(Stage):
         quality_key: str = "quality",
         quality_kind: str = "accuracy",
         floor: float = DEFAULT_QUALITY_FLOOR,
+        cap: float | None = None,
     ) -> None:
+        if cap is not None and not (is_number(cap) and cap >= 1):
+            raise ConfigError(
+                f"weight cap must be a multiple of the median >= 1 (the round's median "
+                f"weight), or None; got cap={cap!r}.")
+        self.cap = cap
         if not callable(by) and by not in WEIGHT_BY_CHOICES:
             raise ConfigError(
                 f"weight_by must be one of {WEIGHT_BY_CHOICES} or a callable; got {by!r}."
@@ -177,5 +187,5 @@ class WeightBy(Stage):
                 weights = quality_weights(quality, self.quality_kind, self.floor)
             else:
                 weights = size_quality_weights(sizes, quality, self.quality_kind, self.floor)
-        state.coefficients = weights
+        state.coefficients = weights if self.cap is None else cap_weights(weights, self.cap)
         return None

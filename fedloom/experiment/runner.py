@@ -228,10 +228,11 @@ def _central_evaluation(trainer, dataset, strategy, history: RunHistory):
 def _run_local(experiment: Experiment) -> list[dict[str, Any]]:
     """fedloom's engine: every ClientApp call in this process, seeded node ids."""
     from fedloom.engine import LocalGrid
+    from fedloom.omniscient import attack_grid
 
     cfg = experiment.cfg
     grid = LocalGrid(setup.build_client_app(cfg), int(cfg["num_clients"]), seed=int(cfg["seed"]))
-    return experiment.start(grid)
+    return experiment.start(attack_grid(grid, cfg))
 
 
 def _run_flower(experiment: Experiment) -> list[dict[str, Any]]:
@@ -250,7 +251,9 @@ def _run_flower(experiment: Experiment) -> list[dict[str, Any]]:
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        experiment.start(grid)
+        from fedloom.omniscient import attack_grid
+
+        experiment.start(attack_grid(grid, experiment.cfg))
 
     cfg = experiment.cfg
     engine = cfg["engine"]

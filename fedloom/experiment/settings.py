@@ -198,9 +198,12 @@ def _reliability(cfg: Mapping[str, Any], num_clients: int, per_round: int) -> No
     from fedloom.privacy import PrivacySettings
 
     FaultPlan.from_config(cfg.get("faults") or {}, num_clients, seed)
-    AttackPlan.from_config(cfg.get("attack") or {"name": "none"}, num_clients, seed)
+    attack = AttackPlan.from_config(cfg.get("attack") or {"name": "none"}, num_clients, seed)
     dp = PrivacySettings.from_config(cfg.get("dp"), per_round, num_clients)
     compression = (cfg.get("compression") or {}).get("method", "none")
+    if attack.omniscient and compression != "none":
+        raise ConfigError(f"attack={attack.name} is not allowed with compression={compression}: the "
+                          "server-side attack reads the replies' plain weights. Use compression=none.")
     if dp.enabled and compression != "none":
         raise ConfigError(
             f"dp={dp.mode} is not allowed with compression={compression}: Flower's DP "

@@ -110,10 +110,15 @@ def build_client_app(cfg: Mapping[str, Any], load_client=None):
     mods = [] if method == "none" else [compression_mod(method, **compression)]
     mods += reliability_mods(cfg)  # inside compression: they see plain weights
 
+    from fedloom.attacks import AttackPlan
+
+    attack = AttackPlan.from_config(cfg.get("attack") or {"name": "none"}, int(cfg["num_clients"]), seed)
+
     def simulated_client(context):
         dataset, clients = federated_data(key)
         spec = model_spec({"model": model, "seed": seed}, dataset)
-        return get_trainer(spec), clients[int(context.node_config["partition-id"])]
+        pid = int(context.node_config["partition-id"])
+        return get_trainer(spec), attack.client_data(pid, clients[pid], dataset.num_classes)
 
     return make_client_app(load_client or simulated_client, seed=seed, mods=mods)
 
