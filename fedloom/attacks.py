@@ -123,6 +123,11 @@ class AttackPlan:
             raise ConfigError(f"attack.{unknown[0]} is not a setting of attack {name!r}; its settings: {allowed}.")
         return cls(name, num_clients, seed, fraction, **options)
 
+    def to_config(self) -> dict[str, Any]:
+        """The ``attack`` config section that :meth:`from_config` turns back into this plan."""
+        return {"name": self.name, "fraction": self.fraction,
+                **{key: getattr(self, key) for key in sorted(_OPTIONS[self.name])}}
+
     @property
     def active(self) -> bool:
         return bool(self.attackers)

@@ -358,11 +358,10 @@ def deploy(overrides: Sequence[str] = (), *, secure: bool = True,
         DeploymentError: a Flower process or the run failed.
     """
     from fedloom.deploy.config import compose_experiment
-    from fedloom.experiment import settings
+    from fedloom.experiment.settings import RunSettings
 
-    cfg = compose_experiment(list(overrides))
-    settings.validate(cfg)
-    num_clients = int(cfg["num_clients"])
+    settings = RunSettings.from_config(compose_experiment(list(overrides)), deployed=True)
+    num_clients = settings.num_clients
     if node_data and len(node_data) != num_clients:
         raise ConfigError(
             f"{len(node_data)} --node-data files for num_clients={num_clients}: give one "

@@ -25,7 +25,7 @@ composes the experiment config (Hydra), loads and splits the data and writes it 
 ``<cache-dir>/<key>.npz``, with ``key`` a hash of everything that decides the data
 (settings, partition id, the file's size and modification time); the node's resolved
 settings go into ``context.state``, which the SuperNode keeps between messages of a
-run (with the composed config, as JSON). Every later message reads one small ``.npz``
+run (with the run's settings, as the JSON of ``RunSettings.to_dict``). Every later message reads one small ``.npz``
 and imports no Hydra, scikit-learn or ``flwr-datasets``.
 
 The number of classes of a ``data-path`` node's model is read from the global model the
@@ -41,12 +41,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedloom.data import ClientData, train_val_split
 from fedloom.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from fedloom.experiment.settings import RunSettings
 
 __all__ = ["NodeSetup", "load_node", "read_site_file"]
 
@@ -62,18 +65,16 @@ class NodeSetup:
         data: the node's train and validation splits.
         num_classes: classes of the experiment's model, or ``None`` when the node
             learns it from the global model (``data-path`` nodes).
-        cfg: the experiment config (plain dicts), as the ServerApp composed it.
+        settings: the experiment's settings, as the ServerApp parsed them.
     """
 
     data: ClientData
     num_classes: int | None
-    cfg: dict[str, Any]
+    settings: RunSettings
 
     def model_spec(self, num_classes: int | None = None):
         """The :class:`fedloom.models.ModelSpec` of this node (``num_classes`` fills in
         a ``data-path`` node's count, taken from the global model)."""
-        from fedloom.models import ModelSpec
-
         classes = self.num_classes if self.num_classes is not None else num_classes
         if classes is None:
             raise ConfigError(
@@ -86,10 +87,7 @@ class NodeSetup:
                 f"global model has {classes} classes. Code the labels 0..{classes - 1} "
                 "at every site, as the server's dataset does."
             )
-        options = dict(self.cfg["model"])
-        name = options.pop("name")
-        return ModelSpec(name, self.data.x_train.shape[1:], classes, seed=int(self.cfg["seed"]),
-                         options=options)
+        return self.settings.model.spec(self.data.x_train.shape[1:], classes, self.settings.seed)
 
 
 def load_node(context) -> NodeSetup:
@@ -108,8 +106,11 @@ def load_node(context) -> NodeSetup:
     if record is None or record["overrides"] != overrides or not Path(record["data-file"]).is_file():
         record = _prepare(context, overrides)
         context.state[STATE_KEY] = record
+    from fedloom.experiment.settings import RunSettings
+
     data, num_classes = _read_cache(Path(record["data-file"]))
-    return NodeSetup(data, num_classes, json.loads(record["config"]))
+    settings = RunSettings.from_config(json.loads(record["config"]), deployed=True)
+    return NodeSetup(data, num_classes, settings)
 
 
 def read_site_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -161,14 +162,14 @@ def _prepare(context, overrides: str) -> Any:
     from flwr.app import ConfigRecord
 
     from fedloom.deploy.config import compose_experiment
-    from fedloom.experiment import settings
+    from fedloom.experiment.settings import RunSettings
 
-    cfg = settings.resolved(compose_experiment(overrides))  # as the ServerApp's experiment
+    settings = RunSettings.from_config(compose_experiment(overrides), deployed=True)
     node_config = context.node_config
     if "data-path" in node_config:
-        key, build = _site_file_data(str(node_config["data-path"]), cfg)
+        key, build = _site_file_data(str(node_config["data-path"]), settings)
     elif "partition-id" in node_config:
-        key, build = _partition_data(node_config, cfg)
+        key, build = _partition_data(node_config, settings)
     else:
         raise ConfigError(
             "this SuperNode's node config names no data: start it with --node-config "
@@ -182,14 +183,14 @@ def _prepare(context, overrides: str) -> Any:
     return ConfigRecord({
         "overrides": overrides,
         "data-file": str(file),
-        "config": json.dumps(cfg),
+        "config": json.dumps(settings.to_dict()),
     })
 
 
-def _partition_data(node_config, cfg):
-    from fedloom.experiment import setup
+def _partition_data(node_config, settings: RunSettings):
+    from fedloom.experiment import builders
 
-    num_clients = int(cfg["num_clients"])
+    num_clients = settings.num_clients
     try:
         partition_id = int(node_config["partition-id"])
         num_partitions = int(node_config.get("num-partitions", num_clients))
@@ -209,30 +210,30 @@ def _partition_data(node_config, cfg):
             f"node config partition-id={partition_id} is out of range: it must be in "
             f"0..{num_clients - 1} (num_clients={num_clients})."
         )
-    data_key = setup.data_key(cfg)
+    data_key = builders.data_key(settings)
     key = _digest({"data": data_key, "partition-id": partition_id})
 
     def build():
-        dataset, clients = setup.federated_data(data_key)
+        dataset, clients = builders.federated_data(data_key)
         return clients[partition_id], dataset.num_classes
 
     return key, build
 
 
-def _site_file_data(path: str, cfg):
+def _site_file_data(path: str, settings: RunSettings):
     file = Path(path).expanduser().resolve()
     stat = file.stat() if file.is_file() else None
     key = _digest({
         "file": str(file),
         "size": stat.st_size if stat else None,
         "mtime_ns": stat.st_mtime_ns if stat else None,
-        "val_fraction": cfg["val_fraction"],
-        "seed": cfg["seed"],
+        "val_fraction": settings.val_fraction,
+        "seed": settings.seed,
     })
 
     def build():
         x, y = read_site_file(file)
-        train, val = train_val_split(np.arange(len(y)), cfg["val_fraction"], int(cfg["seed"]))
+        train, val = train_val_split(np.arange(len(y)), settings.val_fraction, settings.seed)
         return ClientData(x[train], y[train], x[val], y[val]), None
 
     return key, build
