@@ -13,7 +13,9 @@ and parses to equal settings.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -276,7 +278,8 @@ class RunSettings:
             absurd_norm_ratio=ratio, checkpoint_every=every, resume=resume, deployed=deployed,
             privacy_config=dp_section,
         )
-        settings.strategy.instantiate(**settings.strategy_sampling())  # its own checks, now
+        with _quiet_flower():  # a trial build for the constructor's own checks, now
+            settings.strategy.instantiate(**settings.strategy_sampling())
         return settings
 
     def to_dict(self) -> dict[str, Any]:
@@ -312,6 +315,20 @@ class RunSettings:
 
 
 # ---------------------------------------------------------------------- sections
+@contextlib.contextmanager
+def _quiet_flower():
+    """Flower's warnings off (e.g. "fraction_evaluate is set to 0.0"): the trial build
+    would print them a second time, and in every ClientApp process of a deployment."""
+    from flwr.common.logger import FLOWER_LOGGER
+
+    level = FLOWER_LOGGER.level
+    FLOWER_LOGGER.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        FLOWER_LOGGER.setLevel(level)
+
+
 def _named(cfg: Mapping[str, Any], section: str, key: str) -> tuple[str, dict[str, Any]]:
     """``(cfg[section][key], the section's other options)``."""
     options = dict(cfg.get(section) or {})
