@@ -112,3 +112,29 @@ def test_simulate_refuses_bad_configs_before_training(args, line, tmp_path):
     assert len(errors) == 1 and errors[0].startswith(line), done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert "round   1/" not in done.stdout  # nothing trained
+
+
+@pytest.mark.parametrize(
+    ("node_config", "message"),
+    [
+        ({}, "this SuperNode's node config names no data: start it with --node-config"),
+        ({"partition-id": "x"}, "node config partition-id='x' / num-partitions=None must be integers."),
+        ({"partition-id": 0, "num-partitions": 4}, "node config num-partitions=4 but the experiment has num_clients=3"),
+        ({"partition-id": 3}, "node config partition-id=3 is out of range: it must be in 0..2 (num_clients=3)."),
+    ],
+)
+def test_a_supernodes_bad_node_config_fails_in_one_line(node_config, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        settings.NodeSettings.from_node_config(node_config, num_clients=3)
+    assert "\n" not in str(error.value)
+
+
+def test_node_and_run_configs_parse_to_their_settings():
+    node = settings.NodeSettings.from_node_config({"partition-id": 2, "num-partitions": 3, "cache-dir": "/c"}, 3)
+    assert node == settings.NodeSettings(partition_id=2, cache_dir="/c")
+    site = settings.NodeSettings.from_node_config({"data-path": "/site.npz"}, 3)
+    assert site.data_path == "/site.npz" and site.partition_id is None
+    run = settings.DeploymentSettings.from_run_config({"overrides": "num_rounds=2", "connect-timeout": 5})
+    assert run == settings.DeploymentSettings("num_rounds=2", "", 5.0)
+    with pytest.raises(ConfigError, match=r"run config connect-timeout='soon' is not allowed"):
+        settings.DeploymentSettings.from_run_config({"connect-timeout": "soon"})

@@ -49,7 +49,7 @@ from fedloom.data import ClientData, train_val_split
 from fedloom.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from fedloom.experiment.settings import RunSettings
+    from fedloom.experiment.settings import NodeSettings, RunSettings
 
 __all__ = ["NodeSetup", "load_node", "read_site_file"]
 
@@ -101,13 +101,13 @@ def load_node(context) -> NodeSetup:
         ConfigError: the node config names no data, or disagrees with the experiment.
         DataError: the node's data cannot be loaded.
     """
-    overrides = str(context.run_config.get("overrides", ""))
+    from fedloom.experiment.settings import DeploymentSettings, RunSettings
+
+    overrides = DeploymentSettings.from_run_config(context.run_config).overrides
     record = context.state.config_records.get(STATE_KEY)
     if record is None or record["overrides"] != overrides or not Path(record["data-file"]).is_file():
         record = _prepare(context, overrides)
         context.state[STATE_KEY] = record
-    from fedloom.experiment.settings import RunSettings
-
     data, num_classes = _read_cache(Path(record["data-file"]))
     settings = RunSettings.from_config(json.loads(record["config"]), deployed=True)
     return NodeSetup(data, num_classes, settings)
@@ -162,21 +162,15 @@ def _prepare(context, overrides: str) -> Any:
     from flwr.app import ConfigRecord
 
     from fedloom.deploy.config import compose_experiment
-    from fedloom.experiment.settings import RunSettings
+    from fedloom.experiment.settings import NodeSettings, RunSettings
 
     settings = RunSettings.from_config(compose_experiment(overrides), deployed=True)
-    node_config = context.node_config
-    if "data-path" in node_config:
-        key, build = _site_file_data(str(node_config["data-path"]), settings)
-    elif "partition-id" in node_config:
-        key, build = _partition_data(node_config, settings)
+    node = NodeSettings.from_node_config(context.node_config, settings.num_clients)
+    if node.data_path is not None:
+        key, build = _site_file_data(node.data_path, settings)
     else:
-        raise ConfigError(
-            "this SuperNode's node config names no data: start it with --node-config "
-            "\"data-path=/path/to/site.npz\" (its own file) or \"partition-id=0 "
-            "num-partitions=3\" (a partition of the experiment's dataset)."
-        )
-    file = _cache_dir(node_config) / f"{key}.npz"
+        key, build = _partition_data(node.partition_id, settings)
+    file = _cache_dir(node) / f"{key}.npz"
     if not file.is_file():
         data, num_classes = build()
         _write_cache(file, data, num_classes)
@@ -187,29 +181,9 @@ def _prepare(context, overrides: str) -> Any:
     })
 
 
-def _partition_data(node_config, settings: RunSettings):
+def _partition_data(partition_id: int, settings: RunSettings):
     from fedloom.experiment import builders
 
-    num_clients = settings.num_clients
-    try:
-        partition_id = int(node_config["partition-id"])
-        num_partitions = int(node_config.get("num-partitions", num_clients))
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"node config partition-id={node_config['partition-id']!r} / num-partitions="
-            f"{node_config.get('num-partitions')!r} must be integers."
-        ) from None
-    if num_partitions != num_clients:
-        raise ConfigError(
-            f"node config num-partitions={num_partitions} but the experiment has "
-            f"num_clients={num_clients}: run one SuperNode per client with "
-            f"num-partitions={num_clients}, or set num_clients={num_partitions}."
-        )
-    if not 0 <= partition_id < num_clients:
-        raise ConfigError(
-            f"node config partition-id={partition_id} is out of range: it must be in "
-            f"0..{num_clients - 1} (num_clients={num_clients})."
-        )
     data_key = builders.data_key(settings)
     key = _digest({"data": data_key, "partition-id": partition_id})
 
@@ -239,9 +213,9 @@ def _site_file_data(path: str, settings: RunSettings):
     return key, build
 
 
-def _cache_dir(node_config) -> Path:
-    if "cache-dir" in node_config:
-        return Path(str(node_config["cache-dir"])).expanduser()
+def _cache_dir(node: NodeSettings) -> Path:
+    if node.cache_dir is not None:
+        return Path(node.cache_dir).expanduser()
     from flwr.supercore.utils import get_flwr_home
 
     return Path(get_flwr_home()) / "fedloom-cache"

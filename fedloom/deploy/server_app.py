@@ -51,18 +51,18 @@ def main(grid: Grid, context: Context) -> None:
     """Compose the experiment from the run config and run all its rounds on ``grid``."""
     from fedloom.deploy.config import compose_experiment
     from fedloom.experiment import RunSettings, prepare_experiment
+    from fedloom.experiment.settings import DeploymentSettings
 
-    run_config = context.run_config
     try:
-        settings = RunSettings.from_config(compose_experiment(str(run_config.get("overrides", ""))),
-                                           deployed=True)
-        output_dir = _output_dir(str(run_config.get("output-dir", "")), context.run_id)
+        deployment = DeploymentSettings.from_run_config(context.run_config)
+        settings = RunSettings.from_config(compose_experiment(deployment.overrides), deployed=True)
+        output_dir = _output_dir(deployment.output_dir, context.run_id)
         experiment = prepare_experiment(settings, output_dir)
     except FedloomError as err:
         LOGGER.error("error: %s", err)
         raise
     print(f"fedloom: run {context.run_id} writes its history to {output_dir}", flush=True)
-    wait_for_nodes(grid, settings.num_clients, float(run_config.get("connect-timeout", 600)))
+    wait_for_nodes(grid, settings.num_clients, deployment.connect_timeout)
     records = experiment.start(grid)
     final = records[-1]
     print(f"fedloom: final accuracy {final['accuracy']:.4f} after {final['round']} rounds; "
