@@ -231,16 +231,7 @@ class RunSettings:
         if unknown:
             raise ConfigError(f"{unknown[0]} is not a fedloom setting; known settings: "
                               f"{', '.join(sorted(TOP_LEVEL_KEYS))}.")
-        num_clients = _int(cfg, "num_clients", 1)
-        fraction = cfg.get("fraction_train")
-        if fraction is None:
-            per_round = _int(cfg, "clients_per_round", 1)
-        else:  # FedAvg's C, as Flower's FedAvg counts it: max(1, floor(C * N))
-            fraction = _number(cfg, "fraction_train", 0.0, 1.0, low_open=True, high_open=False)
-            per_round = max(1, int(fraction * num_clients + 1e-9))
-        if per_round > num_clients:
-            raise ConfigError(f"clients_per_round={per_round} is not allowed: it must be <= "
-                              f"num_clients={num_clients}.")
+        num_clients, per_round, fraction = _clients(cfg)
         num_rounds = _int(cfg, "num_rounds", 1)
         local_epochs, batch_size = _int(cfg, "local_epochs", 1), _int(cfg, "batch_size", 1)
         seed = _int(cfg, "seed", 0)
@@ -257,13 +248,7 @@ class RunSettings:
         faults = FaultPlan.from_config(cfg.get("faults") or {}, num_clients, seed)
         attack = AttackPlan.from_config(cfg.get("attack") or {"name": "none"}, num_clients, seed)
         dp_section = dict(cfg.get("dp") or {"mode": "none"})
-        privacy = PrivacySettings.from_config(dp_section, per_round, num_clients)
-        if privacy.enabled and compression.method != "none":
-            raise ConfigError(
-                f"dp={privacy.mode} is not allowed with compression={compression.method}: Flower's "
-                "DP wrappers clip the arrays of each reply, which compression has re-encoded. "
-                "Use compression=none with DP."
-            )
+        privacy = _privacy(dp_section, per_round, num_clients, compression)
         strategy = dict(cfg.get("strategy") or {})
         check_strategy(strategy, per_round)
         settings = cls(
@@ -271,7 +256,8 @@ class RunSettings:
             partition=PartitionSettings(*_named(cfg, "partition", "scheme")),
             model=ModelSettings(*_named(cfg, "model", "name")),
             strategy=StrategySettings(strategy), engine=engine, compression=compression,
-            training=TrainingSettings(local_epochs, batch_size, learning_rate), faults=faults, attack=attack, privacy=privacy,
+            training=TrainingSettings(local_epochs, batch_size, learning_rate),
+            faults=faults, attack=attack, privacy=privacy,
             num_clients=num_clients, clients_per_round=per_round, num_rounds=num_rounds,
             val_fraction=val_fraction, seed=seed, min_valid_updates=min_valid,
             round_timeout=round_timeout, plot=bool(cfg.get("plot", True)), fraction_train=fraction,
@@ -327,6 +313,36 @@ def _quiet_flower():
         yield
     finally:
         FLOWER_LOGGER.setLevel(level)
+
+
+def _clients(cfg: Mapping[str, Any]) -> tuple[int, int, float | None]:
+    """``(num_clients, clients_per_round, fraction_train)``. With ``fraction_train`` (FedAvg's
+    C) set, ``clients_per_round`` is ``max(1, floor(C * num_clients))``, as Flower's FedAvg
+    counts it."""
+    num_clients = _int(cfg, "num_clients", 1)
+    fraction = cfg.get("fraction_train")
+    if fraction is None:
+        per_round = _int(cfg, "clients_per_round", 1)
+    else:
+        fraction = _number(cfg, "fraction_train", 0.0, 1.0, low_open=True, high_open=False)
+        per_round = max(1, int(fraction * num_clients + 1e-9))
+    if per_round > num_clients:
+        raise ConfigError(f"clients_per_round={per_round} is not allowed: it must be <= "
+                          f"num_clients={num_clients}.")
+    return num_clients, per_round, fraction
+
+
+def _privacy(section: Mapping[str, Any], per_round: int, num_clients: int,
+             compression: CompressionSettings) -> PrivacySettings:
+    """The ``dp`` section, parsed once; DP refuses compression."""
+    privacy = PrivacySettings.from_config(section, per_round, num_clients)
+    if privacy.enabled and compression.method != "none":
+        raise ConfigError(
+            f"dp={privacy.mode} is not allowed with compression={compression.method}: Flower's "
+            "DP wrappers clip the arrays of each reply, which compression has re-encoded. "
+            "Use compression=none with DP."
+        )
+    return privacy
 
 
 def _named(cfg: Mapping[str, Any], section: str, key: str) -> tuple[str, dict[str, Any]]:
