@@ -109,7 +109,7 @@ def load_node(context) -> NodeSetup:
         record = _prepare(context, overrides)
         context.state[STATE_KEY] = record
     data, num_classes = _read_cache(Path(record["data-file"]))
-    settings = RunSettings.from_config(json.loads(record["config"]), deployed=True)
+    settings = RunSettings.from_config(json.loads(record["config"]), deployed=True, build_check=False)
     return NodeSetup(data, num_classes, settings)
 
 

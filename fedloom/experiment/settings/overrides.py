@@ -12,8 +12,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from fedloom.errors import ConfigError
 
 __all__ = ["check_overrides"]
@@ -30,6 +28,8 @@ def check_overrides(overrides: Sequence[str], conf_dir: str | Path) -> None:
     (``+key``), delete (``~key``) or set Hydra's own settings (``hydra.*``) are left to
     Hydra.
     """
+    from omegaconf import OmegaConf  # only here: a ClientApp process never needs it
+
     conf_dir = Path(conf_dir)
     root = OmegaConf.load(conf_dir / "config.yaml")
     groups = {p.name for p in conf_dir.iterdir() if p.is_dir()}
@@ -74,6 +74,8 @@ def check_overrides(overrides: Sequence[str], conf_dir: str | Path) -> None:
 
 def _has_key(node: Any, dotted: str) -> bool:
     """Whether ``dotted`` names a key of ``node``, also one whose value is ``???``."""
+    from omegaconf import OmegaConf
+
     node = OmegaConf.to_container(node)  # "???" stays a string, not a missing key
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:

@@ -221,8 +221,13 @@ class RunSettings:
 
     # ------------------------------------------------------------------ parsing
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], *, deployed: bool = False) -> RunSettings:
+    def from_config(cls, cfg: Mapping[str, Any], *, deployed: bool = False,
+                    build_check: bool = True) -> RunSettings:
         """Check ``cfg`` (the resolved config as plain containers) and parse it.
+
+        ``build_check`` builds the strategy once, so that its constructor's refusals are
+        settings errors too; ``False`` skips that (and importing Hydra) for a dict an
+        earlier parse checked, e.g. a SuperNode's settings between messages.
 
         Raises:
             ConfigError: the first unknown key or bad value, in one line.
@@ -264,8 +269,9 @@ class RunSettings:
             absurd_norm_ratio=ratio, checkpoint_every=every, resume=resume, deployed=deployed,
             privacy_config=dp_section,
         )
-        with _quiet_flower():  # a trial build for the constructor's own checks, now
-            settings.strategy.instantiate(**settings.strategy_sampling())
+        if build_check:
+            with _quiet_flower():  # a trial build for the constructor's own checks, now
+                settings.strategy.instantiate(**settings.strategy_sampling())
         return settings
 
     def to_dict(self) -> dict[str, Any]:
