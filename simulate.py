@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from fedloom.errors import ConfigError, DataError  # noqa: E402
-from fedloom.experiment import run_experiment  # noqa: E402
+from fedloom.experiment import RunSettings, run_experiment  # noqa: E402
 from fedloom.experiment.settings import check_overrides  # noqa: E402
 
 CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
@@ -33,14 +33,15 @@ CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     output_dir = HydraConfig.get().runtime.output_dir
-    if cfg.get("resume"):
-        ignored = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
-        if ignored:
-            print(f"warning: resume continues with the run's own config; ignoring {' '.join(ignored)}",
-                  file=sys.stderr)
-        output_dir = cfg.resume
     try:
-        records = run_experiment(OmegaConf.to_container(cfg, resolve=True), output_dir)
+        settings = RunSettings.from_config(OmegaConf.to_container(cfg, resolve=True))
+        if settings.resume:
+            ignored = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+            if ignored:
+                print(f"warning: resume continues with the run's own config; ignoring {' '.join(ignored)}",
+                      file=sys.stderr)
+            output_dir = settings.resume
+        records = run_experiment(settings, output_dir)
     except (ConfigError, DataError) as err:
         logging.getLogger("fedloom").error("%s", err)
         print(f"error: {err}", file=sys.stderr)

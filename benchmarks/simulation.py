@@ -64,9 +64,10 @@ def workload_config(engine: str, rounds: int) -> dict:
 
 
 def clients_and_test():
-    from fedloom.experiment import setup
+    from fedloom.experiment import RunSettings, builders
 
-    return setup.federated_data(setup.data_key(workload_config("local", 1)))
+    settings = RunSettings.from_config(workload_config("local", 1))
+    return builders.federated_data(builders.data_key(settings))
 
 
 def run_fedloom(engine: str, rounds: int) -> dict:

@@ -201,6 +201,11 @@ class AttackPlan:
                               f"{allowed}; with any attack: {', '.join(sorted(_LIES))}.")
         return cls(name, num_clients, seed, fraction, **options)
 
+    def to_config(self) -> dict[str, Any]:
+        """The ``attack`` config section that :meth:`from_config` turns back into this plan."""
+        return {"name": self.name, "fraction": self.fraction,
+                **{key: getattr(self, key) for key in sorted(_OPTIONS[self.name] | _LIES)}}
+
     @property
     def active(self) -> bool:
         return bool(self.attackers)

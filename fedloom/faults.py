@@ -151,6 +151,10 @@ class FaultPlan:
             raise ConfigError(f"faults.{unknown[0]} is not a fault setting; known: {', '.join(sorted(known))}.")
         return cls(num_clients, seed, **options)
 
+    def to_config(self) -> dict[str, Any]:
+        """The ``faults`` config section that :meth:`from_config` turns back into this plan."""
+        return {key: getattr(self, key) for key in ("clients", *FAULT_KINDS, "slow_seconds")}
+
     @property
     def active(self) -> bool:
         """Whether any fault can happen at all."""

@@ -225,15 +225,7 @@ class OmniscientAttackGrid(Grid):
                     self.plan.name, server_round, len(attackers), len(honest))
 
 
-def attack_grid(grid: Grid, settings: Mapping[str, Any] | AttackPlan) -> Grid:
+def attack_grid(grid: Grid, plan: AttackPlan) -> Grid:
     """``grid``, wrapped in an :class:`OmniscientAttackGrid` when the experiment's attack
-    is omniscient and has attackers.
-
-    Args:
-        grid: the grid the experiment runs on.
-        settings: the experiment config (its ``attack`` section, ``num_clients`` and
-            ``seed``) or an :class:`fedloom.attacks.AttackPlan`.
-    """
-    plan = settings if isinstance(settings, AttackPlan) else AttackPlan.from_config(
-        settings.get("attack") or {"name": "none"}, int(settings["num_clients"]), int(settings["seed"]))
+    ``plan`` (``RunSettings.attack``) is omniscient and has attackers."""
     return OmniscientAttackGrid(grid, plan) if plan.omniscient and plan.active else grid

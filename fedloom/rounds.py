@@ -31,7 +31,9 @@ from flwr.supercore import log
 __all__ = ["run_rounds", "RoundEnd"]
 
 #: ``on_round_end(server_round, arrays, result)``: called after each completed round,
-#: once the global model of that round (``arrays``) is final and evaluated.
+#: once the global model of that round (``arrays``) is final and evaluated (its
+#: ``evaluate_fn`` metrics are in ``result.evaluate_metrics_serverapp[server_round]``),
+#: and, on a fresh run, as round 0 after the initial model was evaluated.
 RoundEnd = Callable[[int, ArrayRecord, Result], None]
 
 
@@ -59,7 +61,8 @@ def run_rounds(
         first_round: 1 for a fresh run (the model is evaluated as round 0 first); the
             checkpoint's round + 1 when resuming. ``num_rounds + 1`` runs nothing.
         timeout, train_config, evaluate_config, evaluate_fn: as in ``Strategy.start``.
-        on_round_end: called after every completed round (see :data:`RoundEnd`).
+        on_round_end: called after every completed round, and after the initial
+            evaluation as round 0 (see :data:`RoundEnd`).
 
     Returns:
         Flower's ``Result`` of the rounds run here; ``result.arrays`` is always the
@@ -81,6 +84,8 @@ def run_rounds(
         metrics = evaluate_fn(0, initial_arrays)
         if metrics is not None:
             result.evaluate_metrics_serverapp[0] = metrics
+        if on_round_end is not None:
+            on_round_end(0, initial_arrays, result)
     arrays = initial_arrays
     for current_round in range(first_round, num_rounds + 1):
         log(INFO, "")

@@ -201,11 +201,10 @@ def test_too_few_honest_updates_leave_the_attackers_own_updates(caplog):
 
 def test_attack_grid_wraps_only_for_omniscient_attacks_and_options_are_checked():
     local = LocalGrid(ClientApp(), 10, seed=0)
-    cfg = {"num_clients": 10, "seed": 0}
-    wrapped = attack_grid(local, {**cfg, "attack": {"name": "ipm", "eps": 100.0}})
+    wrapped = attack_grid(local, AttackPlan.from_config({"name": "ipm", "eps": 100.0}, 10, 0))
     assert isinstance(wrapped, OmniscientAttackGrid) and wrapped.grid is local
     for section in ({"name": "sign_flip"}, {"name": "label_flip"}, {"name": "none"}):
-        assert attack_grid(local, {**cfg, "attack": section}) is local
+        assert attack_grid(local, AttackPlan.from_config(section, 10, 0)) is local
     with pytest.raises(ConfigError, match="attack.direction='up' is not allowed"):
         AttackPlan.from_config({"name": "minmax", "direction": "up"}, 10, 0)
     with pytest.raises(ConfigError, match="attack.eps is not a setting of attack 'alie'"):
@@ -217,11 +216,11 @@ def test_attack_grid_wraps_only_for_omniscient_attacks_and_options_are_checked()
 def test_omniscient_attacks_refuse_compressed_replies():
     from test_experiment import config
 
-    from fedloom.experiment import settings
+    from fedloom.experiment import RunSettings
 
     with pytest.raises(ConfigError, match="attack=alie is not allowed with compression=int8"):
-        settings.validate(config("attack=alie", "compression=int8"))
-    settings.validate(config("attack=sign_flip", "compression=int8"))  # a client-side attack may
+        RunSettings.from_config(config("attack=alie", "compression=int8"))
+    RunSettings.from_config(config("attack=sign_flip", "compression=int8"))  # a client-side attack may
 
 
 # ----------------------------------------------------------------------------- the reducers

@@ -4,18 +4,12 @@ is allowed; ``simulate.py`` exits with code 2 (issue 5's list, plus the new keys
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from conftest import CONF, config, run_cli
 from fedloom.errors import ConfigError
-from fedloom.experiment import settings, setup
-
-from test_experiment import config
-
-ROOT = Path(__file__).resolve().parents[1]
+from fedloom.experiment import RunSettings, builders, settings
 
 
 @pytest.mark.parametrize(
@@ -52,18 +46,15 @@ ROOT = Path(__file__).resolve().parents[1]
 )
 def test_new_settings_are_checked_in_one_line(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)) as error:
-        settings.validate(config(*overrides))
+        RunSettings.from_config(config(*overrides))
     assert "\n" not in str(error.value)
 
 
 def test_fraction_train_sets_the_clients_per_round_like_fedavg():
-    cfg = settings.resolved(config("fraction_train=0.3"))
-    assert cfg["clients_per_round"] == 30
-    strategy = setup.build_strategy(cfg)
+    parsed = RunSettings.from_config(config("fraction_train=0.3"))
+    assert parsed.clients_per_round == 30 and parsed.to_dict()["clients_per_round"] == 30
+    strategy = builders.build_strategy(parsed)
     assert strategy.min_train_nodes == 30 and strategy.fraction_train == pytest.approx(0.3)
-
-
-CONF = ROOT / "conf"
 
 
 @pytest.mark.parametrize(
@@ -96,11 +87,6 @@ def test_known_keys_and_hydra_syntax_pass_the_command_line_check(overrides):
     settings.check_overrides(overrides, CONF)
 
 
-def run_cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "simulate.py"), *args, f"hydra.run.dir={tmp_path}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "line"),
@@ -120,9 +106,35 @@ def run_cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     ],
 )
 def test_simulate_refuses_bad_configs_before_training(args, line, tmp_path):
-    done = run_cli(*args, tmp_path=tmp_path)
+    done = run_cli(*args, f"hydra.run.dir={tmp_path}", timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
     errors = [text for text in done.stderr.splitlines() if text.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith(line), done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert "round   1/" not in done.stdout  # nothing trained
+
+
+@pytest.mark.parametrize(
+    ("node_config", "message"),
+    [
+        ({}, "this SuperNode's node config names no data: start it with --node-config"),
+        ({"partition-id": "x"}, "node config partition-id='x' / num-partitions=None must be integers."),
+        ({"partition-id": 0, "num-partitions": 4}, "node config num-partitions=4 but the experiment has num_clients=3"),
+        ({"partition-id": 3}, "node config partition-id=3 is out of range: it must be in 0..2 (num_clients=3)."),
+    ],
+)
+def test_a_supernodes_bad_node_config_fails_in_one_line(node_config, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        settings.NodeSettings.from_node_config(node_config, num_clients=3)
+    assert "\n" not in str(error.value)
+
+
+def test_node_and_run_configs_parse_to_their_settings():
+    node = settings.NodeSettings.from_node_config({"partition-id": 2, "num-partitions": 3, "cache-dir": "/c"}, 3)
+    assert node == settings.NodeSettings(partition_id=2, cache_dir="/c")
+    site = settings.NodeSettings.from_node_config({"data-path": "/site.npz"}, 3)
+    assert site.data_path == "/site.npz" and site.partition_id is None
+    run = settings.DeploymentSettings.from_run_config({"overrides": "num_rounds=2", "connect-timeout": 5})
+    assert run == settings.DeploymentSettings("num_rounds=2", "", 5.0)
+    with pytest.raises(ConfigError, match=r"run config connect-timeout='soon' is not allowed"):
+        settings.DeploymentSettings.from_run_config({"connect-timeout": "soon"})

@@ -5,32 +5,23 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
+from conftest import CONF, config, run_cli
 from fedloom.errors import ConfigError
-from fedloom.experiment import run_experiment, settings, setup
+from fedloom.experiment import RunSettings, builders, run_experiment
 from fedloom.strategies import FedloomStrategy
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+__all__ = ["config"]  # other test modules import it from here too
+
 STRATEGIES = sorted(p.stem for p in (CONF / "strategy").glob("*.yaml"))
-
-
-def config(*overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_every_strategy_config_composes_and_instantiates(name):
     cfg = config(f"strategy={name}")
-    settings.validate(cfg)
-    strategy = setup.build_strategy(cfg)
+    strategy = builders.build_strategy(RunSettings.from_config(cfg))
     assert isinstance(strategy, FedloomStrategy)
     assert strategy.min_train_nodes == cfg["clients_per_round"]
     assert strategy.fraction_train * cfg["num_clients"] == pytest.approx(cfg["clients_per_round"])
@@ -38,7 +29,7 @@ def test_every_strategy_config_composes_and_instantiates(name):
 
 def test_fedavg_config_sends_e_and_b_to_clients():
     cfg = config("strategy=fedavg", "local_epochs=5", "batch_size=20")
-    pipeline = setup.build_strategy(cfg).schedule.at(1)
+    pipeline = builders.build_strategy(RunSettings.from_config(cfg)).schedule.at(1)
     assert pipeline.client_config == {"local-epochs": 5, "batch-size": 20}
 
 
@@ -57,13 +48,13 @@ def test_fedavg_config_sends_e_and_b_to_clients():
 )
 def test_bad_values_fail_before_training_naming_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        settings.validate(config(*overrides))
+        RunSettings.from_config(config(*overrides))
 
 
 def test_unknown_strategy_option_fails_with_our_message():
     cfg = config("strategy=weighted", "+strategy.wieght_by=quality")
     with pytest.raises(ConfigError, match="strategy=fedloom.strategies.WeightedAverage cannot be built.*wieght_by"):
-        setup.build_strategy(cfg)
+        RunSettings.from_config(cfg)
 
 
 def test_hydra_refuses_keys_outside_the_tree():
@@ -83,11 +74,6 @@ def test_every_shipped_strategy_runs_and_writes_history_and_plot(name, tmp_path)
         assert record["bytes_up"] > 0 and record["bytes_down"] > 0 and record["seconds"] > 0
     assert (tmp_path / "plot.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "config.json").read_text())["strategy"] == cfg["strategy"]
-
-
-def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "simulate.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
@@ -129,3 +115,69 @@ def test_simulate_multirun_gives_one_directory_per_strategy(tmp_path):
     table = (tmp_path / "report.md").read_text().splitlines()
     assert len(table) == 2 + 3 and any(line.startswith("| strategy=fedavg") for line in table)
     assert (tmp_path / "report.png").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["fraction_train=0.3", "strategy=robust_trimmed", "model=cnn", "partition=iid"],
+        ["dp=central_adaptive", "strategy=simple", "faults=flaky", "absurd_norm_ratio=null"],
+        ["attack=sign_flip", "compression=topk", "engine=flower", "checkpoint_every=0", "plot=false"],
+    ],
+)
+def test_settings_round_trip_through_their_dict(overrides):
+    parsed = RunSettings.from_config(config(*overrides))
+    saved = json.loads(json.dumps(parsed.to_dict()))  # as config.json and checkpoints hold it
+    assert RunSettings.from_config(saved) == parsed
+    assert saved == {**config(*overrides), "clients_per_round": parsed.clients_per_round}
+
+
+def test_rules_between_settings_are_decided_once():
+    plain = RunSettings.from_config(config("absurd_norm_ratio=50"))
+    assert plain.absurd_norm_guard == 50.0
+    assert builders.build_strategy(plain).absurd_norm_ratio == 50.0
+    private = RunSettings.from_config(config("absurd_norm_ratio=50", "dp=central_fixed", "strategy=simple"))
+    assert private.absurd_norm_guard is None and private.to_dict()["absurd_norm_ratio"] == 50
+    assert builders.build_strategy(private).absurd_norm_ratio is None
+    simulated = RunSettings.from_config(config("num_clients=20", "clients_per_round=5"))
+    deployed = RunSettings.from_config(config("num_clients=20", "clients_per_round=5"), deployed=True)
+    assert builders.build_strategy(simulated).min_available_nodes == 20
+    assert builders.build_strategy(deployed).min_available_nodes == 5
+    with pytest.raises(ConfigError, match="resume=/tmp/run continues a simulation; a deployment starts at round 1"):
+        RunSettings.from_config(config("resume=/tmp/run"), deployed=True)
+
+
+def test_central_evaluation_only_evaluates_and_the_round_end_records(tmp_path):
+    from fedloom.engine import LocalGrid
+    from fedloom.experiment import prepare_experiment
+
+    cfg = config("dp=central_fixed", "strategy=simple", "num_clients=10", "clients_per_round=5",
+                 "num_rounds=2", "plot=false")
+    experiment = prepare_experiment(cfg, tmp_path)
+    metrics = experiment.evaluate_fn(1, experiment.initial_arrays)
+    assert set(metrics) == {"accuracy", "loss"} and 0 <= metrics["accuracy"] <= 1
+    assert experiment.history.records == [] and experiment.privacy.accountant.epsilon() == 0
+    grid = LocalGrid(builders.build_client_app(experiment.settings), 10, seed=0)
+    records = experiment.start(grid)
+    assert [r["round"] for r in records] == [0, 1, 2]
+    assert records[0]["accuracy"] == pytest.approx(metrics["accuracy"])  # same model, same data
+    assert [r["num_clients"] for r in records] == [0, 5, 5]
+    assert 0 < records[1]["dp_epsilon"] < records[2]["dp_epsilon"] == experiment.privacy.accountant.epsilon()
+
+
+def test_run_writes_the_final_model_as_a_keras_file(tmp_path):
+    import keras
+    import numpy as np
+
+    from fedloom.checkpoint import FINAL_WEIGHTS_FILE, load_weights
+
+    cfg = config("num_clients=10", "clients_per_round=5", "num_rounds=2", "plot=false")
+    records = run_experiment(cfg, tmp_path)
+    model = keras.models.load_model(tmp_path / "model.keras")
+    _, final = load_weights(tmp_path / FINAL_WEIGHTS_FILE)
+    for saved, loaded in zip(final, model.get_weights(), strict=True):
+        assert saved.tobytes() == np.asarray(loaded).tobytes()
+    dataset, _ = builders.federated_data(builders.data_key(RunSettings.from_config(cfg)))
+    predicted = np.argmax(model.predict(dataset.x_test, verbose=0), axis=1)
+    assert np.mean(predicted == dataset.y_test) == pytest.approx(records[-1]["accuracy"], abs=1e-6)

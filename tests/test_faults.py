@@ -11,11 +11,11 @@ import pytest
 from fedloom.aggregation import ClientUpdate, Pipeline, WeightBy
 from fedloom.engine import LocalGrid
 from fedloom.errors import ConfigError
-from fedloom.experiment import prepare_experiment, run_experiment, setup
+from fedloom.experiment import builders, prepare_experiment, run_experiment
 from fedloom.faults import FAULT_KINDS, FaultPlan
 from fedloom.strategies.reporting import absurd_norm_guards
 
-from test_experiment import config
+from conftest import config
 
 # What the server must make of each fault (malformed rotates through three breakages).
 REASON = {"crash": "client_error", "disconnect": "disconnected", "nan": "non_finite",
@@ -26,7 +26,7 @@ MALFORMED = {0: "wrong_num_arrays", 1: "shape_mismatch", 2: "dtype_mismatch"}
 def run_on_grid(cfg, output_dir):
     """Run like simulate.py's local engine, keeping the grid (node id -> partition id)."""
     experiment = prepare_experiment(cfg, output_dir)
-    grid = LocalGrid(setup.build_client_app(experiment.cfg), int(cfg["num_clients"]), seed=int(cfg["seed"]))
+    grid = LocalGrid(builders.build_client_app(experiment.settings), int(cfg["num_clients"]), seed=int(cfg["seed"]))
     return experiment, grid, experiment.start(grid)
 
 

@@ -196,11 +196,13 @@ def test_dp_client_sampling_does_not_follow_the_seed():
     assert samples(secure=False) == samples(secure=False)  # seeded: anyone with the seed knows
     assert samples(secure=True) != samples(secure=True)
     assert "rng" not in SimpleAverage(seed=0, secure_sampling=True).state_dict()
-    from fedloom.experiment import setup
+    from fedloom.experiment import RunSettings, builders
 
-    assert setup.build_strategy(config("strategy=simple", "dp=central_fixed")).secure_sampling
-    assert not setup.build_strategy(config("strategy=simple", "dp=central_fixed",
-                                           "dp.insecure_reproducible=true")).secure_sampling
+    def built(*overrides):
+        return builders.build_strategy(RunSettings.from_config(config(*overrides)))
+
+    assert built("strategy=simple", "dp=central_fixed").secure_sampling
+    assert not built("strategy=simple", "dp=central_fixed", "dp.insecure_reproducible=true").secure_sampling
     with pytest.raises(ConfigError, match=r"its client sampling follows a seed"):
         PrivacyRun(settings()).wrap(simple())
 
@@ -298,12 +300,12 @@ def test_a_release_that_would_exceed_the_budget_is_withheld():
 def test_a_resumed_dp_run_draws_fresh_noise(tmp_path):
     from test_resume import CrashingGrid
 
-    from fedloom.experiment import prepare_experiment, resume_experiment, setup
+    from fedloom.experiment import builders, prepare_experiment, resume_experiment
 
     cfg = config("strategy=simple", "dp=central_fixed", "num_clients=5", "clients_per_round=5",
                  "num_rounds=2", "checkpoint_every=1", "plot=false")
     experiment = prepare_experiment(cfg, tmp_path / "killed")
-    grid = CrashingGrid(setup.build_client_app(experiment.cfg), 5, seed=0, crash_round=2)
+    grid = CrashingGrid(builders.build_client_app(experiment.settings), 5, seed=0, crash_round=2)
     with pytest.raises(SystemExit):
         experiment.start(grid)
     shutil.copytree(tmp_path / "killed", tmp_path / "again")  # the same checkpoint, twice

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -34,11 +33,8 @@ from fedloom.experiment import prepare_experiment, resume_experiment, run_experi
 from fedloom.rounds import run_rounds
 from fedloom.strategies import FederatedAveraging, Hybrid
 
+from conftest import config, start_cli
 from numpy_apps import INITIAL_WEIGHTS, message_app
-from test_experiment import config
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def fedavgm(seed: int = 5) -> FederatedAveraging:
     """Samples 3 of 6 nodes (the RNG matters) with server momentum (state matters)."""
@@ -171,9 +167,9 @@ def test_dp_run_resumes_with_noise_rng_clipping_norm_and_accountant(tmp_path):
     whole = run_experiment(cfg, tmp_path / "whole")
 
     experiment = prepare_experiment(cfg, tmp_path / "killed")
-    from fedloom.experiment import setup
+    from fedloom.experiment import builders
 
-    grid = CrashingGrid(setup.build_client_app(experiment.cfg), 20, seed=0, crash_round=6)
+    grid = CrashingGrid(builders.build_client_app(experiment.settings), 20, seed=0, crash_round=6)
     with pytest.raises(SystemExit):
         experiment.start(grid)
     assert load_checkpoint(tmp_path / "killed" / CHECKPOINT_FILE)["round"] == 4
@@ -192,9 +188,7 @@ def test_dp_run_resumes_with_noise_rng_clipping_norm_and_accountant(tmp_path):
 
 def run_cli(run_dir: Path, *args: str) -> subprocess.Popen:
     log = open(run_dir.parent / f"{run_dir.name}.log", "w")
-    return subprocess.Popen([sys.executable, str(ROOT / "simulate.py"), *args,
-                             f"hydra.run.dir={run_dir}"], cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT)
+    return start_cli(*args, f"hydra.run.dir={run_dir}", log=log)
 
 
 # Every client stalls 30 ms (fault injection that changes no weight) so that the run

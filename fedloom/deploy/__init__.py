@@ -4,7 +4,7 @@ One ``flower-superlink`` (the server), one ``flower-supernode`` per site, and ``
 to start the app declared in ``pyproject.toml`` (``[tool.flwr.app]``) with the Hydra
 overrides that ``simulate.py`` takes. See README.md, "Deployment".
 
-- ``server_app``: the ServerApp (``prepare_experiment(cfg, out).start(grid)``).
+- ``server_app``: the ServerApp (``prepare_experiment(settings, out).start(grid)``).
 - ``client_app``: the ClientApp (the Keras client on this node's data).
 - ``node_data``: which data a SuperNode trains on, prepared once per run and cached.
 - ``config``: Hydra ``compose`` of ``conf/`` from the run config's ``overrides``.

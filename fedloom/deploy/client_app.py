@@ -3,10 +3,10 @@
 Flower starts a fresh ``flwr-clientapp`` process for every message a SuperNode
 receives and loads ``app`` from this module. Each message:
 
-1. :func:`fedloom.deploy.node_data.load_node` finds the node's data and model settings
-   (prepared by the first message of the run, then read from ``context.state`` and a
-   ``.npz`` cache);
-2. the simulation's client (``fedloom.experiment.setup.build_client_app``: the Keras
+1. :func:`fedloom.deploy.node_data.load_node` finds the node's data and the run's
+   settings (prepared by the first message of the run, then read from
+   ``context.state`` and a ``.npz`` cache);
+2. the simulation's client (``fedloom.experiment.builders.build_client_app``: the Keras
    client with the experiment's seed and mods, e.g. update compression) answers it on
    that data, so a node with ``partition-id=i`` trains exactly as simulated client
    ``i`` does.
@@ -43,10 +43,10 @@ def evaluate(msg: Message, context: Context) -> Message:
 def _keras_reply(msg: Message, context: Context) -> Message:
     node = load_node(context)
     from fedloom.clients import get_trainer
-    from fedloom.experiment import setup
+    from fedloom.experiment import builders
 
     trainer = get_trainer(node.model_spec(_output_size(msg)))
-    keras_client = setup.build_client_app(node.cfg, load_client=lambda _: (trainer, node.data))
+    keras_client = builders.build_client_app(node.settings, load_client=lambda _: (trainer, node.data))
     return keras_client(msg, context)
 
 

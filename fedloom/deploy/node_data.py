@@ -25,7 +25,7 @@ composes the experiment config (Hydra), loads and splits the data and writes it 
 ``<cache-dir>/<key>.npz``, with ``key`` a hash of everything that decides the data
 (settings, partition id, the file's size and modification time); the node's resolved
 settings go into ``context.state``, which the SuperNode keeps between messages of a
-run (with the composed config, as JSON). Every later message reads one small ``.npz``
+run (with the run's settings, as the JSON of ``RunSettings.to_dict``). Every later message reads one small ``.npz``
 and imports no Hydra, scikit-learn or ``flwr-datasets``.
 
 The number of classes of a ``data-path`` node's model is read from the global model the
@@ -41,12 +41,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedloom.data import ClientData, train_val_split
 from fedloom.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from fedloom.experiment.settings import NodeSettings, RunSettings
 
 __all__ = ["NodeSetup", "load_node", "read_site_file"]
 
@@ -62,18 +65,16 @@ class NodeSetup:
         data: the node's train and validation splits.
         num_classes: classes of the experiment's model, or ``None`` when the node
             learns it from the global model (``data-path`` nodes).
-        cfg: the experiment config (plain dicts), as the ServerApp composed it.
+        settings: the experiment's settings, as the ServerApp parsed them.
     """
 
     data: ClientData
     num_classes: int | None
-    cfg: dict[str, Any]
+    settings: RunSettings
 
     def model_spec(self, num_classes: int | None = None):
         """The :class:`fedloom.models.ModelSpec` of this node (``num_classes`` fills in
         a ``data-path`` node's count, taken from the global model)."""
-        from fedloom.models import ModelSpec
-
         classes = self.num_classes if self.num_classes is not None else num_classes
         if classes is None:
             raise ConfigError(
@@ -86,10 +87,7 @@ class NodeSetup:
                 f"global model has {classes} classes. Code the labels 0..{classes - 1} "
                 "at every site, as the server's dataset does."
             )
-        options = dict(self.cfg["model"])
-        name = options.pop("name")
-        return ModelSpec(name, self.data.x_train.shape[1:], classes, seed=int(self.cfg["seed"]),
-                         options=options)
+        return self.settings.model.spec(self.data.x_train.shape[1:], classes, self.settings.seed)
 
 
 def load_node(context) -> NodeSetup:
@@ -103,13 +101,16 @@ def load_node(context) -> NodeSetup:
         ConfigError: the node config names no data, or disagrees with the experiment.
         DataError: the node's data cannot be loaded.
     """
-    overrides = str(context.run_config.get("overrides", ""))
+    from fedloom.experiment.settings import DeploymentSettings, RunSettings
+
+    overrides = DeploymentSettings.from_run_config(context.run_config).overrides
     record = context.state.config_records.get(STATE_KEY)
     if record is None or record["overrides"] != overrides or not Path(record["data-file"]).is_file():
         record = _prepare(context, overrides)
         context.state[STATE_KEY] = record
     data, num_classes = _read_cache(Path(record["data-file"]))
-    return NodeSetup(data, num_classes, json.loads(record["config"]))
+    settings = RunSettings.from_config(json.loads(record["config"]), deployed=True, build_check=False)
+    return NodeSetup(data, num_classes, settings)
 
 
 def read_site_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -161,86 +162,60 @@ def _prepare(context, overrides: str) -> Any:
     from flwr.app import ConfigRecord
 
     from fedloom.deploy.config import compose_experiment
-    from fedloom.experiment import settings
+    from fedloom.experiment.settings import NodeSettings, RunSettings
 
-    cfg = settings.resolved(compose_experiment(overrides))  # as the ServerApp's experiment
-    node_config = context.node_config
-    if "data-path" in node_config:
-        key, build = _site_file_data(str(node_config["data-path"]), cfg)
-    elif "partition-id" in node_config:
-        key, build = _partition_data(node_config, cfg)
+    settings = RunSettings.from_config(compose_experiment(overrides), deployed=True)
+    node = NodeSettings.from_node_config(context.node_config, settings.num_clients)
+    if node.data_path is not None:
+        key, build = _site_file_data(node.data_path, settings)
     else:
-        raise ConfigError(
-            "this SuperNode's node config names no data: start it with --node-config "
-            "\"data-path=/path/to/site.npz\" (its own file) or \"partition-id=0 "
-            "num-partitions=3\" (a partition of the experiment's dataset)."
-        )
-    file = _cache_dir(node_config) / f"{key}.npz"
+        key, build = _partition_data(node.partition_id, settings)
+    file = _cache_dir(node) / f"{key}.npz"
     if not file.is_file():
         data, num_classes = build()
         _write_cache(file, data, num_classes)
     return ConfigRecord({
         "overrides": overrides,
         "data-file": str(file),
-        "config": json.dumps(cfg),
+        "config": json.dumps(settings.to_dict()),
     })
 
 
-def _partition_data(node_config, cfg):
-    from fedloom.experiment import setup
+def _partition_data(partition_id: int, settings: RunSettings):
+    from fedloom.experiment import builders
 
-    num_clients = int(cfg["num_clients"])
-    try:
-        partition_id = int(node_config["partition-id"])
-        num_partitions = int(node_config.get("num-partitions", num_clients))
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"node config partition-id={node_config['partition-id']!r} / num-partitions="
-            f"{node_config.get('num-partitions')!r} must be integers."
-        ) from None
-    if num_partitions != num_clients:
-        raise ConfigError(
-            f"node config num-partitions={num_partitions} but the experiment has "
-            f"num_clients={num_clients}: run one SuperNode per client with "
-            f"num-partitions={num_clients}, or set num_clients={num_partitions}."
-        )
-    if not 0 <= partition_id < num_clients:
-        raise ConfigError(
-            f"node config partition-id={partition_id} is out of range: it must be in "
-            f"0..{num_clients - 1} (num_clients={num_clients})."
-        )
-    data_key = setup.data_key(cfg)
+    data_key = builders.data_key(settings)
     key = _digest({"data": data_key, "partition-id": partition_id})
 
     def build():
-        dataset, clients = setup.federated_data(data_key)
+        dataset, clients = builders.federated_data(data_key)
         return clients[partition_id], dataset.num_classes
 
     return key, build
 
 
-def _site_file_data(path: str, cfg):
+def _site_file_data(path: str, settings: RunSettings):
     file = Path(path).expanduser().resolve()
     stat = file.stat() if file.is_file() else None
     key = _digest({
         "file": str(file),
         "size": stat.st_size if stat else None,
         "mtime_ns": stat.st_mtime_ns if stat else None,
-        "val_fraction": cfg["val_fraction"],
-        "seed": cfg["seed"],
+        "val_fraction": settings.val_fraction,
+        "seed": settings.seed,
     })
 
     def build():
         x, y = read_site_file(file)
-        train, val = train_val_split(np.arange(len(y)), cfg["val_fraction"], int(cfg["seed"]))
+        train, val = train_val_split(np.arange(len(y)), settings.val_fraction, settings.seed)
         return ClientData(x[train], y[train], x[val], y[val]), None
 
     return key, build
 
 
-def _cache_dir(node_config) -> Path:
-    if "cache-dir" in node_config:
-        return Path(str(node_config["cache-dir"])).expanduser()
+def _cache_dir(node: NodeSettings) -> Path:
+    if node.cache_dir is not None:
+        return Path(node.cache_dir).expanduser()
     from flwr.supercore.utils import get_flwr_home
 
     return Path(get_flwr_home()) / "fedloom-cache"

@@ -11,7 +11,7 @@ config (``[tool.flwr.app.config]`` in ``pyproject.toml``, overridden with ``flwr
   under the SuperLink's working directory);
 - ``connect-timeout``: seconds to wait for ``num_clients`` SuperNodes before round 1.
 
-It then does what simulation does: ``prepare_experiment(cfg, output_dir).start(grid)``,
+It then does what simulation does: ``prepare_experiment(settings, output_dir).start(grid)``,
 with Flower's grid of real SuperNodes in place of the local engine, so a deployment
 writes the same ``history.json`` as a simulation of the same config.
 
@@ -21,7 +21,8 @@ What differs in deployment, and why:
   all of them are connected (so the first sampling sees the whole federation), or
   fails after ``connect-timeout`` naming how many came.
 - From then on a round needs only ``clients_per_round`` connected nodes (Flower's
-  ``min_available_nodes``; simulation asks for all ``num_clients``): a site that
+  ``min_available_nodes``, set by ``RunSettings(deployed=True)``; simulation asks
+  for all ``num_clients``): a site that
   crashes or is switched off does not stall the federation while enough remain. A
   node that vanishes mid-round costs that round at most ``round_timeout`` seconds, and
   the round aggregates the replies that came (at least ``min_valid_updates``).
@@ -37,6 +38,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedloom.errors import ConfigError, FedloomError
+from fedloom.omniscient import attack_grid
 
 __all__ = ["app", "wait_for_nodes"]
 
@@ -49,26 +51,20 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Compose the experiment from the run config and run all its rounds on ``grid``."""
     from fedloom.deploy.config import compose_experiment
-    from fedloom.experiment import prepare_experiment
+    from fedloom.experiment import RunSettings, prepare_experiment
+    from fedloom.experiment.settings import DeploymentSettings
 
-    run_config = context.run_config
     try:
-        cfg = compose_experiment(str(run_config.get("overrides", "")))
-        if cfg.get("resume"):
-            raise ConfigError(
-                f"resume={cfg['resume']} continues a simulation; a deployment starts at "
-                "round 1. Drop resume from the overrides."
-            )
-        output_dir = _output_dir(str(run_config.get("output-dir", "")), context.run_id)
-        experiment = prepare_experiment(cfg, output_dir)
+        deployment = DeploymentSettings.from_run_config(context.run_config)
+        settings = RunSettings.from_config(compose_experiment(deployment.overrides), deployed=True)
+        output_dir = _output_dir(deployment.output_dir, context.run_id)
+        experiment = prepare_experiment(settings, output_dir)
     except FedloomError as err:
         LOGGER.error("error: %s", err)
         raise
     print(f"fedloom: run {context.run_id} writes its history to {output_dir}", flush=True)
-    cfg = experiment.cfg  # as the run uses it (e.g. clients_per_round from fraction_train)
-    wait_for_nodes(grid, int(cfg["num_clients"]), float(run_config.get("connect-timeout", 600)))
-    experiment.strategy.min_available_nodes = int(cfg["clients_per_round"])
-    records = experiment.start(grid)
+    wait_for_nodes(grid, settings.num_clients, deployment.connect_timeout)
+    records = experiment.start(attack_grid(grid, experiment.settings.attack))
     final = records[-1]
     print(f"fedloom: final accuracy {final['accuracy']:.4f} after {final['round']} rounds; "
           f"history in {output_dir / 'history.json'}", flush=True)

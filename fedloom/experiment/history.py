@@ -76,7 +76,7 @@ class RunHistory:
         if report:  # e.g. train_loss, client_quality, client_val_accuracy
             record.update({k if k.startswith("train_") else f"client_{k}": v
                            for k, v in report.client_metrics.items()})
-        record.update({k: float(v) for k, v in metrics.items() if k not in ("accuracy", "loss")})
+        record.update({k: _json_value(v) for k, v in metrics.items() if k not in ("accuracy", "loss")})
         self.records.append(record)
         self.write()
         self.print_progress(record)
@@ -134,3 +134,9 @@ def plot_history(records: list[Mapping[str, Any]], path: str | Path, title: str 
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return Path(path)
+
+
+def _json_value(value: Any) -> Any:
+    """A number as a Python float; ``None`` and text (e.g. ``dp_epsilon: null``,
+    ``stopped_reason``) as they are."""
+    return value if value is None or isinstance(value, str) else float(value)

@@ -1,15 +1,18 @@
-"""Run an experiment config on the chosen engine and record its history.
+"""Run an experiment on the chosen engine and record its history.
 
-:func:`prepare_experiment` builds everything from the config (data, model, strategy,
-central evaluation, history); :meth:`Experiment.start` runs the rounds on any Flower
-``Grid``. The engine call is isolated in :func:`_run_local` and :func:`_run_flower`;
-a deployment's ``ServerApp`` calls ``prepare_experiment(...).start(grid)`` the same way.
+:func:`prepare_experiment` builds everything from the :class:`RunSettings` (data, model,
+strategy, central evaluation, history); :meth:`Experiment.start` runs the rounds on any
+Flower ``Grid``. The engine call is isolated in :func:`_run_local` and
+:func:`_run_flower`; a deployment's ``ServerApp`` calls ``prepare_experiment(...).start(grid)``
+the same way.
 
-Every ``checkpoint_every`` rounds (and after the last) the server state is written to
-``checkpoint.npz`` (:mod:`fedloom.checkpoint`); :func:`resume_experiment` continues a
-run directory from it, with the run's own config, and ends with the same weights as an
-uninterrupted run (bit for bit on the local engine). Every run writes its final global
-model to ``final_weights.npz``.
+Data flows one way. The central evaluation only evaluates (test loss and accuracy);
+at the end of each round (``fedloom.rounds``' ``on_round_end``) the round's report goes
+to the history, the DP accountant and, every ``checkpoint_every`` rounds and after the
+last, to ``checkpoint.npz`` (:mod:`fedloom.checkpoint`). :func:`resume_experiment`
+continues a run directory from it, with the run's own settings, and ends with the same
+weights as an uninterrupted run (bit for bit on the local engine). Every run writes its
+final global model to ``final_weights.npz`` and, as a Keras model, to ``model.keras``.
 """
 
 from __future__ import annotations
@@ -21,31 +24,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedloom.experiment import settings, setup
+from fedloom.experiment import builders
 from fedloom.experiment.history import RunHistory, plot_history
+from fedloom.experiment.settings import RunSettings
 
-__all__ = ["Experiment", "prepare_experiment", "run_experiment", "resume_experiment"]
+__all__ = ["Experiment", "MODEL_FILE", "prepare_experiment", "run_experiment", "resume_experiment"]
 
 LOGGER = logging.getLogger("fedloom")
+
+#: The final global model as a Keras model (``keras.models.load_model``).
+MODEL_FILE = "model.keras"
 
 
 @dataclass
 class Experiment:
-    """An experiment ready to run: its config, strategy, initial model and history."""
+    """An experiment ready to run: its settings, strategy, initial model and history."""
 
-    cfg: Mapping[str, Any]
+    settings: RunSettings
     output_dir: Path
-    strategy: Any
+    strategy: Any  # the fedloom strategy, whose ``reports`` hold each round's report
     initial_arrays: Any
     history: RunHistory
-    evaluate_fn: Any
-    server_strategy: Any = None  # what runs the rounds: ``strategy`` or a DP wrapper of it
+    evaluate_fn: Any  # ``(server_round, arrays) -> MetricRecord`` of test loss and accuracy
+    trainer: Any  # the Keras trainer of the central evaluation
     privacy: Any = None  # fedloom.privacy.PrivacyRun of a DP run
+    server_strategy: Any = None  # what runs the rounds: ``strategy``, or its DP wrapper
     checkpoint: dict[str, Any] | None = None  # a loaded checkpoint to continue from
 
     def start(self, grid) -> list[dict[str, Any]]:
         """Run the rounds on ``grid`` (any ``flwr.serverapp.Grid``), from round 1 or from
-        ``checkpoint``; write checkpoints, ``final_weights.npz`` and the plot."""
+        ``checkpoint``; write checkpoints, ``final_weights.npz``, ``model.keras``, the plot."""
         from fedloom.checkpoint import FINAL_WEIGHTS_FILE, save_weights
         from fedloom.records import arrayrecord_views
         from fedloom.rounds import run_rounds
@@ -56,36 +64,40 @@ class Experiment:
         self.history.restart_clock()
         try:
             arrays = run_rounds(
-                self.server_strategy or self.strategy,
+                self.server_strategy,
                 grid,
                 arrays,
-                int(self.cfg["num_rounds"]),
+                self.settings.num_rounds,
                 first_round=first_round,
-                timeout=float(self.cfg["round_timeout"]),
-                train_config=setup.train_config(self.cfg),
+                timeout=self.settings.round_timeout,
+                train_config=builders.train_config(self.settings),
                 evaluate_fn=self.evaluate_fn,
                 on_round_end=self._round_end,
             ).arrays
         except _BudgetStop as stop:  # dp.max_epsilon reached: the last round is final
             arrays = stop.arrays
-        save_weights(self.output_dir / FINAL_WEIGHTS_FILE, list(arrays.keys()),
-                     arrayrecord_views(arrays))
-        if self.cfg.get("plot", True):
-            target = self.cfg["strategy"]["_target_"].split(".", 2)[-1]
+        final = arrayrecord_views(arrays)
+        save_weights(self.output_dir / FINAL_WEIGHTS_FILE, list(arrays.keys()), final)
+        self.trainer.set_weights(final)
+        self.trainer.model.save(self.output_dir / MODEL_FILE)
+        if self.settings.plot:
             plot_history(self.history.records, self.output_dir / "plot.png",
-                         title=f"{target} on {self.cfg['dataset']['name']}")
+                         title=self.settings.experiment_title)
         return self.history.records
 
     def _round_end(self, server_round: int, arrays, result) -> None:
+        """Round ``server_round`` is over (0: the initial model was evaluated): its report
+        goes to the history, the accountant and, when due, the checkpoint."""
+        evaluation = result.evaluate_metrics_serverapp[server_round]
+        report = _report_of(self.strategy, server_round)
+        metrics = {"accuracy": evaluation["accuracy"], "loss": evaluation["loss"]}
         stop = False
-        if self.privacy is not None:  # the round's release is accounted here, once
-            reports = self.strategy.reports
-            report = reports[-1] if reports and reports[-1].server_round == server_round else None
-            self.history.annotate(server_round, self.privacy.record_round(report))
+        if self.privacy is not None and server_round:  # the round's release, accounted once
+            metrics.update(self.privacy.record_round(report))
             stop = self.privacy.budget_exhausted
-        every = int(self.cfg.get("checkpoint_every", 0) or 0)
-        last = server_round == int(self.cfg["num_rounds"]) or stop
-        if every and (server_round % every == 0 or last):
+        self.history.record_round(server_round, metrics, report)
+        every, last = self.settings.checkpoint_every, self.settings.num_rounds
+        if server_round and every and (server_round % every == 0 or server_round == last or stop):
             self.save_checkpoint(server_round, arrays)
         if stop:
             raise _BudgetStop(arrays)
@@ -103,11 +115,11 @@ class Experiment:
         return save_checkpoint(self.output_dir / CHECKPOINT_FILE, {
             "round": server_round,
             "arrays": {"keys": list(arrays.keys()), "values": arrayrecord_views(arrays)},
-            "strategy": strategy_state(self.server_strategy or self.strategy),
+            "strategy": strategy_state(self.server_strategy),
             "random": None if self.privacy else global_random_state(),  # never DP noise state
             "history": self.history.records,
             "privacy": self.privacy.state_dict() if self.privacy else None,
-            "config": dict(self.cfg),
+            "config": self.settings.to_dict(),
         })
 
     def _restore(self, checkpoint: Mapping[str, Any]):
@@ -116,7 +128,7 @@ class Experiment:
         from fedloom.checkpoint import load_strategy_state, set_global_random_state
         from fedloom.records import ndarrays_to_arrayrecord
 
-        load_strategy_state(self.server_strategy or self.strategy, checkpoint["strategy"])
+        load_strategy_state(self.server_strategy, checkpoint["strategy"])
         if checkpoint.get("random") is not None and self.privacy is None:
             set_global_random_state(checkpoint["random"])
         if self.privacy is not None and checkpoint.get("privacy"):
@@ -125,60 +137,73 @@ class Experiment:
         self.history.write()
         round_done = int(checkpoint["round"])
         LOGGER.info("resuming %s after round %d of %d", self.output_dir, round_done,
-                    int(self.cfg["num_rounds"]))
+                    self.settings.num_rounds)
         print(f"resuming {self.output_dir} after round {round_done}", flush=True)
         arrays = ndarrays_to_arrayrecord(checkpoint["arrays"]["values"], checkpoint["arrays"]["keys"])
         return round_done + 1, arrays
 
 
-def prepare_experiment(cfg: Mapping[str, Any], output_dir: str | Path) -> Experiment:
-    """Validate ``cfg`` and build everything but the engine.
+def _report_of(strategy: Any, server_round: int) -> Any | None:
+    """The strategy's report of ``server_round`` (its latest one), or ``None`` (round 0)."""
+    latest = strategy.reports[-1] if strategy.reports else None
+    return latest if latest is not None and latest.server_round == server_round else None
+
+
+def prepare_experiment(settings: RunSettings | Mapping[str, Any], output_dir: str | Path) -> Experiment:
+    """Build everything but the engine; write ``config.json`` and ``partition.json``.
+
+    ``settings`` may be the composed config (plain dicts): it is parsed here.
 
     Raises:
         ConfigError, DataError: before training, for bad settings or data.
     """
-    settings.validate(cfg)
-    cfg = settings.resolved(cfg)
+    if not isinstance(settings, RunSettings):
+        settings = RunSettings.from_config(settings)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True))
-    dataset, clients = setup.federated_data(setup.data_key(cfg))  # fails fast on bad data
+    (output_dir / "config.json").write_text(json.dumps(settings.to_dict(), indent=1, sort_keys=True))
+    dataset, clients = builders.federated_data(builders.data_key(settings))  # fails fast on bad data
     (output_dir / "partition.json").write_text(
-        json.dumps(setup.client_stats(clients, dataset.num_classes))
+        json.dumps(builders.client_stats(clients, dataset.num_classes))
     )
-    strategy = setup.build_strategy(cfg)
-    from fedloom.privacy import PrivacyRun, PrivacySettings
+    strategy = builders.build_strategy(settings)
+    privacy = server_strategy = None
+    if settings.privacy.enabled:
+        from fedloom.privacy import PrivacyRun
 
-    dp = PrivacySettings.from_config(cfg.get("dp"), int(cfg["clients_per_round"]), int(cfg["num_clients"]))
-    privacy = PrivacyRun(dp, seed=int(cfg["seed"])) if dp.enabled else None
-    server_strategy = privacy.wrap(strategy, cfg["strategy"]["_target_"]) if privacy else strategy
+        privacy = PrivacyRun(settings.privacy, seed=settings.seed)
+        server_strategy = privacy.wrap(strategy, settings.strategy.target)
 
     from fedloom.clients import get_trainer
     from fedloom.records import ndarrays_to_arrayrecord
 
-    trainer = get_trainer(setup.model_spec(cfg, dataset))
+    trainer = get_trainer(builders.model_spec(settings, dataset))
     initial = trainer.initial_weights()
     initial_arrays = ndarrays_to_arrayrecord(initial, [str(i) for i in range(len(initial))])
-    history = RunHistory(output_dir, int(cfg["num_rounds"]))
-    evaluate_fn = _central_evaluation(trainer, dataset, strategy, history)
-    return Experiment(cfg, output_dir, strategy, initial_arrays, history, evaluate_fn,
-                      server_strategy=server_strategy, privacy=privacy)
+    history = RunHistory(output_dir, settings.num_rounds)
+    return Experiment(settings, output_dir, strategy, initial_arrays, history,
+                      _central_evaluation(trainer, dataset), trainer, privacy=privacy,
+                      server_strategy=server_strategy or strategy)
 
 
-def run_experiment(cfg: Mapping[str, Any], output_dir: str | Path) -> list[dict[str, Any]]:
-    """Validate ``cfg``, run it on ``cfg.engine``, write ``history.json`` (and
-    ``plot.png``) to ``output_dir``; return the per-round records (round 0 = initial).
+def run_experiment(settings: RunSettings | Mapping[str, Any], output_dir: str | Path
+                   ) -> list[dict[str, Any]]:
+    """Run ``settings`` (or the composed config, parsed here) on its engine, write
+    ``history.json`` (and ``plot.png``) to ``output_dir``; return the per-round records
+    (round 0 = initial).
 
-    With ``cfg.resume`` set, continues that run directory instead (see
+    With ``settings.resume`` set, continues that run directory instead (see
     :func:`resume_experiment`; ``output_dir`` is then not used)."""
-    if cfg.get("resume"):
-        return resume_experiment(cfg["resume"])
-    experiment = prepare_experiment(cfg, output_dir)
+    if not isinstance(settings, RunSettings):
+        settings = RunSettings.from_config(settings)
+    if settings.resume:
+        return resume_experiment(settings.resume)
+    experiment = prepare_experiment(settings, output_dir)
     return _run_on_engine(experiment)
 
 
 def resume_experiment(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Continue the run in ``run_dir`` from its ``checkpoint.npz``, with the config
+    """Continue the run in ``run_dir`` from its ``checkpoint.npz``, with the settings
     saved in it, writing into ``run_dir``; return all its records.
 
     Raises:
@@ -188,7 +213,7 @@ def resume_experiment(run_dir: str | Path) -> list[dict[str, Any]]:
 
     run_dir = Path(run_dir)
     checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE)
-    experiment = prepare_experiment(checkpoint["config"], run_dir)
+    experiment = prepare_experiment(RunSettings.from_config(checkpoint["config"]), run_dir)
     experiment.checkpoint = checkpoint
     return _run_on_engine(experiment)
 
@@ -202,24 +227,19 @@ class _BudgetStop(Exception):
 
 
 def _run_on_engine(experiment: Experiment) -> list[dict[str, Any]]:
-    if experiment.cfg["engine"]["name"] == "local":
+    if experiment.settings.engine.name == "local":
         return _run_local(experiment)
     return _run_flower(experiment)
 
 
-def _central_evaluation(trainer, dataset, strategy, history: RunHistory):
-    """Flower ``evaluate_fn``: test-set loss/accuracy of the global model each round,
-    recorded with the strategy's report of that round."""
+def _central_evaluation(trainer, dataset):
+    """Flower ``evaluate_fn``: test-set loss and accuracy of the global model."""
     from flwr.app import MetricRecord
 
     from fedloom.records import arrayrecord_views
 
     def evaluate(server_round: int, arrays) -> MetricRecord:
         loss, accuracy = trainer.evaluate(arrayrecord_views(arrays), dataset.x_test, dataset.y_test)
-        reports = [r for r in strategy.reports if r.server_round == server_round]
-        report = reports[-1] if reports else None
-        metrics = {"accuracy": accuracy, "loss": loss}
-        history.record_round(server_round, metrics, report)
         return MetricRecord({"accuracy": float(accuracy), "loss": float(loss)})
 
     return evaluate
@@ -230,9 +250,9 @@ def _run_local(experiment: Experiment) -> list[dict[str, Any]]:
     from fedloom.engine import LocalGrid
     from fedloom.omniscient import attack_grid
 
-    cfg = experiment.cfg
-    grid = LocalGrid(setup.build_client_app(cfg), int(cfg["num_clients"]), seed=int(cfg["seed"]))
-    return experiment.start(attack_grid(grid, cfg))
+    settings = experiment.settings
+    grid = LocalGrid(builders.build_client_app(settings), settings.num_clients, seed=settings.seed)
+    return experiment.start(attack_grid(grid, settings.attack))
 
 
 def _run_flower(experiment: Experiment) -> list[dict[str, Any]]:
@@ -240,8 +260,8 @@ def _run_flower(experiment: Experiment) -> list[dict[str, Any]]:
 
     ``run_simulation`` is deprecated in favour of ``flwr run``, but it is the call that
     runs in this process and takes Python objects: ``flwr run`` needs a SuperLink
-    process, a packaged app, and passes only flat run-config strings, so the composed
-    Hydra config, the strategy object and the history writer could not cross it.
+    process, a packaged app, and passes only flat run-config strings, so the settings,
+    the strategy object and the history writer could not cross it.
     """
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
@@ -253,17 +273,17 @@ def _run_flower(experiment: Experiment) -> list[dict[str, Any]]:
     def main(grid: Grid, context: Context) -> None:
         from fedloom.omniscient import attack_grid
 
-        experiment.start(attack_grid(grid, experiment.cfg))
+        experiment.start(attack_grid(grid, experiment.settings.attack))
 
-    cfg = experiment.cfg
-    engine = cfg["engine"]
+    settings = experiment.settings
+    engine = settings.engine
     backend_config = {
         "client_resources": {
-            "num_cpus": int(engine.get("num_cpus_per_client", 1)),
-            "num_gpus": float(engine.get("num_gpus_per_client", 0.0)),
+            "num_cpus": engine.num_cpus_per_client,
+            "num_gpus": engine.num_gpus_per_client,
         },
-        "init_args": {"address": engine["ray_address"]} if engine.get("ray_address") else {},
+        "init_args": {"address": engine.ray_address} if engine.ray_address else {},
     }
-    run_simulation(server_app, setup.build_client_app(cfg), int(cfg["num_clients"]),
+    run_simulation(server_app, builders.build_client_app(settings), settings.num_clients,
                    backend_config=backend_config)
     return experiment.history.records
