@@ -37,16 +37,29 @@ from fedloom.data.partitioning import (
     pathological_partition,
     shard_partition,
 )
+from fedloom.data.shakespeare import (
+    SHAKESPEARE_UNKNOWN_INDEX,
+    SHAKESPEARE_VOCABULARY,
+    decode_characters,
+    encode_characters,
+    load_shakespeare,
+    shakespeare_roles,
+)
 from fedloom.data.synthetic import load_synthetic
+from fedloom.data.token_windows import TokenWindows
 
 __all__ = [
     "FASHION_MNIST_PATH",
     "HEART_DISEASE_HOSPITALS",
     "PARTITION_SCHEMES",
+    "SHAKESPEARE_UNKNOWN_INDEX",
+    "SHAKESPEARE_VOCABULARY",
     "ClientData",
     "Dataset",
     "client_datasets",
     "dataset_names",
+    "decode_characters",
+    "encode_characters",
     "dirichlet_partition",
     "iid_partition",
     "load_dataset",
@@ -55,12 +68,15 @@ __all__ = [
     "load_file",
     "load_heart_disease",
     "load_mnist5k",
+    "load_shakespeare",
     "load_synthetic",
     "log_partition_stats",
     "natural_partition",
     "partition",
     "partition_stats",
     "pathological_partition",
+    "shakespeare_roles",
     "shard_partition",
+    "TokenWindows",
     "train_val_split",
 ]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedloom.data.token_windows import TokenWindows
 from fedloom.errors import DataError
 
 __all__ = ["Dataset"]
@@ -27,6 +28,10 @@ class Dataset:
       y_train: int64, shape ``(N,)``, labels ``0 .. num_classes - 1``.
       x_test: float32, shape ``(M, *feature_shape)``: the central test set for server-side
         evaluation (``M`` may be 0).
+
+        Token datasets (next-character prediction) hold both as
+        :class:`~fedloom.data.token_windows.TokenWindows` instead: integer token ids of
+        shape ``(N, sequence_length)``, rows built only when indexed.
       y_test: int64, shape ``(M,)``.
       num_classes: number of classes ``K``.
       train_client_ids: int64, shape ``(N,)``, the natural client (hospital, device, ...)
@@ -56,6 +61,8 @@ class Dataset:
             ("y_test", np.int64),
         ):
             value = getattr(self, field)
+            if isinstance(value, TokenWindows):  # token ids stay integers, rows stay lazy
+                continue
             if not (isinstance(value, np.ndarray) and value.dtype == dtype):
                 try:
                     object.__setattr__(self, field, np.asarray(value, dtype=dtype))

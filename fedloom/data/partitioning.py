@@ -11,8 +11,6 @@ the functions, after the request has been validated.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import warnings
 from collections.abc import Sequence
 
@@ -294,7 +292,8 @@ def shard_partition(
 def natural_partition(client_ids: np.ndarray) -> list[np.ndarray]:
     """One partition per distinct natural client id (hospital, device, writer, ...).
 
-    Via ``flwr_datasets.partitioner.NaturalIdPartitioner``.
+    What ``flwr_datasets.partitioner.NaturalIdPartitioner`` gives, computed with one
+    stable sort instead of its per-example Python loop (seconds for millions of examples).
 
     Args:
       client_ids: shape ``(N,)``, the natural client of each example (any sortable type).
@@ -303,15 +302,30 @@ def natural_partition(client_ids: np.ndarray) -> list[np.ndarray]:
       One int64 index array per distinct id, in sorted id order (partition ``i`` holds the
       ``i``-th smallest id), each in ascending index order.
     """
-    ids = _as_labels(client_ids, setting="client_ids")
-    from flwr_datasets.partitioner import NaturalIdPartitioner
+    order, offsets = natural_groups(client_ids)
+    return split_groups(order, offsets)
 
+
+def natural_groups(client_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`natural_partition` compactly: ``(order, offsets)``, partition ``i`` is
+    ``order[offsets[i]:offsets[i + 1]]`` (``order`` int64 of shape ``(N,)``, ``offsets``
+    int64 of shape ``(C + 1,)``)."""
+    ids = _as_labels(client_ids, setting="client_ids")
     codes, uniques = encode(ids)
-    partitioner = NaturalIdPartitioner(partition_by="client_id")
-    # NaturalIdPartitioner draws a tqdm bar on stderr for every call; keep it quiet.
-    with contextlib.redirect_stderr(io.StringIO()):
-        parts = _read(partitioner, _index_table({"client_id": codes}), len(uniques))
-    return [np.sort(p) for p in parts]
+    order = np.argsort(codes, kind="stable").astype(np.int64)
+    return order, _offsets(np.bincount(codes, minlength=len(uniques)))
+
+
+def split_groups(order: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    """The partitions of a compact ``(order, offsets)`` as a list of int64 arrays (views)."""
+    order = np.asarray(order, dtype=np.int64)
+    return np.split(order, np.asarray(offsets[1:-1], dtype=np.int64))
+
+
+def _offsets(sizes: np.ndarray) -> np.ndarray:
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    return offsets
 
 
 def partition(
