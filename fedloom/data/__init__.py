@@ -21,7 +21,9 @@ from fedloom.data.datasets import (
 )
 from fedloom.data.federated import (
     ClientData,
+    ClientDatasets,
     client_datasets,
+    client_partition_stats,
     log_partition_stats,
     partition_stats,
     train_val_split,
@@ -34,6 +36,7 @@ from fedloom.data.partitioning import (
     iid_partition,
     natural_partition,
     partition,
+    partition_groups,
     pathological_partition,
     shard_partition,
 )
@@ -55,8 +58,10 @@ __all__ = [
     "SHAKESPEARE_UNKNOWN_INDEX",
     "SHAKESPEARE_VOCABULARY",
     "ClientData",
+    "ClientDatasets",
     "Dataset",
     "client_datasets",
+    "client_partition_stats",
     "dataset_names",
     "decode_characters",
     "encode_characters",
@@ -73,6 +78,7 @@ __all__ = [
     "log_partition_stats",
     "natural_partition",
     "partition",
+    "partition_groups",
     "partition_stats",
     "pathological_partition",
     "shakespeare_roles",

@@ -158,11 +158,15 @@ def stratified_split(
     """
     rng = np.random.default_rng(seed)
     _, codes = np.unique(groups, return_inverse=True)
+    codes = codes.reshape(-1)
+    # One stable sort gives every group's members in index order (what
+    # np.flatnonzero(codes == g) gives, without a pass over N per group).
+    members = np.argsort(codes, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(codes))]) if len(codes) else [0]
     test_mask = np.zeros(len(groups), dtype=bool)
-    for code in range(codes.max() + 1 if len(codes) else 0):
-        members = np.flatnonzero(codes == code)
-        n_test = int(round(test_fraction * len(members)))
-        test_mask[rng.permutation(members)[:n_test]] = True
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        n_test = int(round(test_fraction * int(stop - start)))
+        test_mask[rng.permutation(members[start:stop])[:n_test]] = True
     return np.flatnonzero(~test_mask), np.flatnonzero(test_mask)
 
 

@@ -15,9 +15,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from fedloom.data import Dataset, client_datasets, load_dataset, log_partition_stats, partition_stats
+from fedloom.data import (
+    Dataset,
+    client_datasets,
+    client_partition_stats,
+    load_dataset,
+    log_partition_stats,
+)
 from fedloom.errors import ConfigError
 
 __all__ = [
@@ -76,11 +80,9 @@ def partition_cache_dir() -> Path | None:
 
 
 def client_stats(clients: list, num_classes: int) -> dict:
-    """:func:`fedloom.data.partition_stats` of the clients' training splits."""
-    labels = np.concatenate([c.y_train for c in clients])
-    sizes = np.array([len(c.y_train) for c in clients])
-    parts = np.split(np.arange(len(labels)), np.cumsum(sizes)[:-1])
-    return partition_stats(labels, parts, num_classes)
+    """:func:`fedloom.data.partition_stats` of the clients' training splits (from the
+    partition's index arrays: no client's data is built)."""
+    return client_partition_stats(clients, num_classes)
 
 
 def model_spec(cfg: Mapping[str, Any], dataset: Dataset):
