@@ -199,3 +199,28 @@ def require_file(path: str | Path, setting: str, what: str, fix: str) -> Path:
     if not path.is_file():
         raise DataError(f"{setting}: {what} not found at {path}. {fix}")
     return path
+
+
+def as_labels(labels, setting: str = "labels") -> np.ndarray:
+    """``labels`` as a non-empty 1-D array, else a DataError naming ``setting``."""
+    array = np.asarray(labels)
+    if array.ndim != 1 or len(array) == 0:
+        raise DataError(
+            f"{setting} must be a non-empty 1-D array, one entry per training example; got "
+            f"shape {array.shape}."
+        )
+    return array
+
+
+def check_num_partitions(num_partitions: int, n: int) -> None:
+    """Refuse a client count below 1 or above the ``n`` training examples."""
+    if not (is_int(num_partitions) and num_partitions >= 1):
+        raise DataError(
+            f"num_clients must be an integer >= 1; got num_clients={num_partitions!r}. "
+            f"Use e.g. num_clients=10."
+        )
+    if num_partitions > n:
+        raise DataError(
+            f"num_clients={num_partitions} is more than the {n} training examples; each client "
+            f"needs at least one. Lower num_clients to at most {n} or use a larger dataset."
+        )
