@@ -147,10 +147,11 @@ def _mcmahan_cnn(keras, input_shape, num_classes, seeds, **options):
                             filters=(32, 64), kernel=5, dense=512)
 
 
-def _lstm(keras, units: int, seeds: _Seeds, return_sequences: bool, name: str):
+def _lstm(keras, units: int, seeds: _Seeds, return_sequences: bool, name: str, unroll: bool):
     return keras.layers.LSTM(
         units,
         return_sequences=return_sequences,
+        unroll=unroll,
         kernel_initializer=keras.initializers.GlorotUniform(seed=seeds.next()),
         recurrent_initializer=keras.initializers.Orthogonal(seed=seeds.next()),
         bias_initializer="zeros",  # plus Keras' unit_forget_bias: forget-gate bias 1
@@ -159,8 +160,11 @@ def _lstm(keras, units: int, seeds: _Seeds, return_sequences: bool, name: str):
 
 
 def _character_layers(keras, name, input_shape, num_classes, seeds, *, embedding, units,
-                      vocabulary_size):
-    """Embedding -> stacked LSTMs -> softmax over the next character."""
+                      vocabulary_size, unroll):
+    """Embedding -> stacked LSTMs -> softmax over the next character.
+
+    ``unroll`` builds the time steps as one straight graph instead of a loop: the same
+    maths, about 1.6x faster per SGD step on CPU for 80 steps, a longer first trace."""
     if len(input_shape) != 1:
         raise ConfigError(
             f"model {name!r} reads sequences of token ids and needs input_shape "
@@ -183,13 +187,14 @@ def _character_layers(keras, name, input_shape, num_classes, seeds, *, embedding
     ]
     for i, width in enumerate(units):
         last = i == len(units) - 1
-        layers.append(_lstm(keras, width, seeds, return_sequences=not last, name=f"lstm_{i}"))
+        layers.append(_lstm(keras, width, seeds, return_sequences=not last, name=f"lstm_{i}",
+                            unroll=bool(unroll)))
     layers.append(_dense(keras, num_classes, seeds, "softmax", name="output"))
     return layers
 
 
 def _char_lstm(keras, input_shape, num_classes, seeds, embedding=8, units=(64,),
-               vocabulary_size=None, **options):
+               vocabulary_size=None, unroll=True, **options):
     """A small next-character model, fast on CPU: 8-dim embedding -> one LSTM of 64
     -> softmax. ``units`` lists the LSTM widths (one layer each)."""
     _no_options("char_lstm", options)
@@ -197,17 +202,19 @@ def _char_lstm(keras, input_shape, num_classes, seeds, embedding=8, units=(64,),
     embedding = _as_int_tuple("char_lstm", "embedding", embedding)[0]
     return _character_layers(keras, "char_lstm", input_shape, num_classes, seeds,
                              embedding=embedding, units=units,
-                             vocabulary_size=vocabulary_size)
+                             vocabulary_size=vocabulary_size, unroll=unroll)
 
 
-def _mcmahan_lstm(keras, input_shape, num_classes, seeds, **options):
+def _mcmahan_lstm(keras, input_shape, num_classes, seeds, unroll=True, **options):
     """The Shakespeare LSTM of McMahan et al. (2017), "Communication-Efficient Learning
     of Deep Networks from Decentralized Data", AISTATS: characters embedded in 8
     dimensions -> 2 LSTM layers of 256 -> softmax with one unit per character;
-    818,137 parameters with the 81 classes of ``dataset=shakespeare``."""
+    818,137 parameters with the 81 classes of ``dataset=shakespeare``. Option:
+    ``unroll`` (see ``char_lstm``)."""
     _no_options("mcmahan_lstm", options)
     return _character_layers(keras, "mcmahan_lstm", input_shape, num_classes, seeds,
-                             embedding=8, units=(256, 256), vocabulary_size=None)
+                             embedding=8, units=(256, 256), vocabulary_size=None,
+                             unroll=unroll)
 
 
 _BUILDERS: dict[str, Callable[..., list]] = {
@@ -228,7 +235,8 @@ def _no_options(name: str, options: Mapping[str, Any]) -> None:
     if options:
         raise ConfigError(
             f"model {name!r} does not take {sorted(options)}. Remove them (only 'mlp' "
-            "takes hidden=(...); 'char_lstm' takes embedding, units and vocabulary_size)."
+            "takes hidden=(...); 'char_lstm' takes embedding, units, vocabulary_size and unroll; "
+            "'mcmahan_lstm' takes unroll)."
         )
 
 
@@ -262,7 +270,8 @@ def build_model(
             ``"mcmahan_cnn"`` (the two MNIST models of McMahan et al., 2017,
             "Communication-Efficient Learning of Deep Networks from Decentralized
             Data"), ``"char_lstm"`` (embedding 8 -> LSTM 64; options ``embedding``,
-            ``units=(64,)``, ``vocabulary_size``, default ``num_classes``) and
+            ``units=(64,)``, ``vocabulary_size`` (default ``num_classes``) and
+            ``unroll=True``) and
             ``"mcmahan_lstm"`` (embedding 8 -> 2 LSTMs of 256, the paper's
             Shakespeare model): next-token models for inputs ``(sequence_length,)``
             of token ids.
@@ -271,7 +280,8 @@ def build_model(
         num_classes: number of classes ``C``; the output has shape ``(batch, C)``.
         seed: seeds every layer initialiser; same arguments give the same weights.
         **options: model-specific options (``mlp``: ``hidden``; ``char_lstm``:
-            ``embedding``, ``units``, ``vocabulary_size``).
+            ``embedding``, ``units``, ``vocabulary_size``, ``unroll``;
+            ``mcmahan_lstm``: ``unroll``).
 
     Raises:
         ConfigError: unknown name, bad options, or a convolutional model on flat
