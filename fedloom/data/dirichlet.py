@@ -115,7 +115,8 @@ def dirichlet_groups(
             if best_deficit is None or deficit < best_deficit:
                 best, best_deficit = draw, deficit
     order, offsets = _assign(by_class, best)
-    _shuffle_each(np.random.default_rng([*seeds[:1], 2]), order, offsets)
+    # A stream of its own (the draws' seeds are [seed, attempt] derived, 2 entries).
+    _shuffle_each(np.random.default_rng([seeds[0], 0, 1]), order, offsets)
     order, offsets = top_up(order, offsets, min_size)
     return order, offsets, attempts
 
