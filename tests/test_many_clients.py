@@ -211,3 +211,29 @@ def test_heart_disease_natural_clients_unchanged():
     clients = client_datasets(heart, "natural", 4, seed=0, val_fraction=0.1)
     counts = np.bincount(heart.train_client_ids)
     assert [c.num_examples + len(c.y_val) for c in clients] == counts.tolist()
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_simulate_runs_ten_thousand_dirichlet_clients(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable, "simulate.py", "dataset=fashion_mnist", "num_clients=10000",
+        "clients_per_round=100", "num_rounds=1", "model=logreg", "plot=false",
+        f"hydra.run.dir={run_dir}",
+    ]
+    env = {**os.environ, "FEDLOOM_CACHE_DIR": "off", "PYTHONPATH": str(root)}
+    started = time.perf_counter()
+    out = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert time.perf_counter() - started < 300  # the Dirichlet split alone gave up after 327 s
+    partition = json.loads((run_dir / "partition.json").read_text())
+    assert partition["num_clients"] == 10_000 and partition["min"] >= 1
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history[-1]["round"] == 1 and history[-1]["num_clients"] == 100
