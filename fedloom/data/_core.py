@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedloom.data.token_windows import TokenWindows
 from fedloom.errors import DataError
 
 __all__ = ["Dataset"]
@@ -27,6 +28,10 @@ class Dataset:
       y_train: int64, shape ``(N,)``, labels ``0 .. num_classes - 1``.
       x_test: float32, shape ``(M, *feature_shape)``: the central test set for server-side
         evaluation (``M`` may be 0).
+
+        Token datasets (next-character prediction) hold both as
+        :class:`~fedloom.data.token_windows.TokenWindows` instead: integer token ids of
+        shape ``(N, sequence_length)``, rows built only when indexed.
       y_test: int64, shape ``(M,)``.
       num_classes: number of classes ``K``.
       train_client_ids: int64, shape ``(N,)``, the natural client (hospital, device, ...)
@@ -56,6 +61,8 @@ class Dataset:
             ("y_test", np.int64),
         ):
             value = getattr(self, field)
+            if isinstance(value, TokenWindows):  # token ids stay integers, rows stay lazy
+                continue
             if not (isinstance(value, np.ndarray) and value.dtype == dtype):
                 try:
                     object.__setattr__(self, field, np.asarray(value, dtype=dtype))
@@ -151,11 +158,15 @@ def stratified_split(
     """
     rng = np.random.default_rng(seed)
     _, codes = np.unique(groups, return_inverse=True)
+    codes = codes.reshape(-1)
+    # One stable sort gives every group's members in index order (what
+    # np.flatnonzero(codes == g) gives, without a pass over N per group).
+    members = np.argsort(codes, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(codes))]) if len(codes) else [0]
     test_mask = np.zeros(len(groups), dtype=bool)
-    for code in range(codes.max() + 1 if len(codes) else 0):
-        members = np.flatnonzero(codes == code)
-        n_test = int(round(test_fraction * len(members)))
-        test_mask[rng.permutation(members)[:n_test]] = True
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        n_test = int(round(test_fraction * int(stop - start)))
+        test_mask[rng.permutation(members[start:stop])[:n_test]] = True
     return np.flatnonzero(~test_mask), np.flatnonzero(test_mask)
 
 
@@ -188,3 +199,28 @@ def require_file(path: str | Path, setting: str, what: str, fix: str) -> Path:
     if not path.is_file():
         raise DataError(f"{setting}: {what} not found at {path}. {fix}")
     return path
+
+
+def as_labels(labels, setting: str = "labels") -> np.ndarray:
+    """``labels`` as a non-empty 1-D array, else a DataError naming ``setting``."""
+    array = np.asarray(labels)
+    if array.ndim != 1 or len(array) == 0:
+        raise DataError(
+            f"{setting} must be a non-empty 1-D array, one entry per training example; got "
+            f"shape {array.shape}."
+        )
+    return array
+
+
+def check_num_partitions(num_partitions: int, n: int) -> None:
+    """Refuse a client count below 1 or above the ``n`` training examples."""
+    if not (is_int(num_partitions) and num_partitions >= 1):
+        raise DataError(
+            f"num_clients must be an integer >= 1; got num_clients={num_partitions!r}. "
+            f"Use e.g. num_clients=10."
+        )
+    if num_partitions > n:
+        raise DataError(
+            f"num_clients={num_partitions} is more than the {n} training examples; each client "
+            f"needs at least one. Lower num_clients to at most {n} or use a larger dataset."
+        )

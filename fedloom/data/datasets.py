@@ -27,6 +27,7 @@ from fedloom.data._core import (
 )
 from fedloom.data.files import load_file
 from fedloom.data.heart_disease import load_heart_disease
+from fedloom.data.shakespeare import load_shakespeare
 from fedloom.data.synthetic import load_synthetic
 from fedloom.errors import DataError
 
@@ -220,6 +221,7 @@ _LOADERS: dict[str, Callable[..., Dataset]] = {
     "mnist5k": load_mnist5k,
     "heart_disease": load_heart_disease,
     "synthetic": load_synthetic,
+    "shakespeare": load_shakespeare,
     "file": load_file,
 }
 _ALIASES = {"mnist_5k": "mnist5k", "fmnist": "fashion_mnist", "fed_heart_disease": "heart_disease"}
@@ -235,7 +237,8 @@ def load_dataset(name: str, **options) -> Dataset:
 
     Args:
       name: one of :func:`dataset_names` (``-`` and ``_`` are interchangeable, case ignored):
-        ``digits``, ``fashion_mnist``, ``mnist5k``, ``heart_disease``, ``synthetic``, ``file``.
+        ``digits``, ``fashion_mnist``, ``mnist5k``, ``heart_disease``, ``synthetic``,
+        ``shakespeare``, ``file``.
       **options: passed to the loader (``load_<name>``); unknown options are refused.
 
     Raises:

@@ -7,44 +7,30 @@ import importlib.metadata
 import json
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from fedloom.data._core import Dataset, check_fraction
-from fedloom.data.partitioning import _check_num_partitions, _check_options, _check_scheme, partition
+from fedloom.data.client_sequence import ClientData, ClientDatasets, index_dtype
+from fedloom.data.partitioning import (
+    _check_num_partitions,
+    _check_options,
+    _check_scheme,
+    partition_groups,
+)
 from fedloom.errors import DataError
 
 __all__ = [
     "ClientData",
+    "ClientDatasets",
+    "client_partition_stats",
     "client_datasets",
     "log_partition_stats",
     "partition_stats",
     "train_val_split",
 ]
-
-
-@dataclass(frozen=True, eq=False)
-class ClientData:
-    """One client's local data.
-
-    Attributes:
-      x_train: float32, shape ``(n_train, *feature_shape)``.
-      y_train: int64, shape ``(n_train,)``.
-      x_val: float32, shape ``(n_val, *feature_shape)``; ``n_val`` may be 0.
-      y_val: int64, shape ``(n_val,)``.
-    """
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-
-    @property
-    def num_examples(self) -> int:
-        """Number of local training examples (the FedAvg weight)."""
-        return len(self.x_train)
 
 
 def train_val_split(
@@ -83,7 +69,7 @@ def client_datasets(
     *,
     cache_dir: str | Path | None = None,
     **options,
-) -> list[ClientData]:
+) -> ClientDatasets:
     """Partition ``dataset``'s training set across clients and split each into train/val.
 
     Args:
@@ -101,8 +87,9 @@ def client_datasets(
       **options: the scheme's options, e.g. ``alpha=0.5`` for ``dirichlet``.
 
     Returns:
-      ``num_clients`` :class:`ClientData` (client ``i`` is element ``i``; for ``natural``,
-      the ``i``-th smallest natural id).
+      A :class:`ClientDatasets` of ``num_clients`` clients (client ``i`` is element ``i``;
+      for ``natural``, the ``i``-th smallest natural id). It holds index arrays only and
+      builds a client's :class:`ClientData` when it is accessed.
 
     Raises:
       DataError: before any work, for an impossible request (``num_clients`` out of range,
@@ -124,7 +111,7 @@ def client_datasets(
         cache_file = Path(cache_dir) / f"{_cache_key(dataset, settings)}.npz"
     splits = _read_splits(cache_file, num_clients)
     if splits is None:
-        parts = partition(
+        order, offsets = partition_groups(
             dataset.y_train,
             key,
             num_clients,
@@ -132,20 +119,39 @@ def client_datasets(
             client_ids=dataset.train_client_ids,
             **options,
         )
-        splits = [train_val_split(indices, val_fraction, _client_seed(seed, i))
-                  for i, indices in enumerate(parts)]
+        splits = _train_val_splits(order, offsets, val_fraction, seed)
         _write_splits(cache_file, splits)
-    clients = []
-    for train, val in splits:
-        clients.append(
-            ClientData(
-                x_train=dataset.x_train[train],
-                y_train=dataset.y_train[train],
-                x_val=dataset.x_train[val],
-                y_val=dataset.y_train[val],
-            )
-        )
-    return clients
+    return ClientDatasets(dataset, *splits)
+
+
+def _train_val_splits(
+    order: np.ndarray, offsets: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every client's :func:`train_val_split`, concatenated: ``(train, train_offsets,
+    val, val_offsets)``."""
+    sizes = np.diff(offsets)
+    num_val = np.zeros(len(sizes), dtype=np.int64)
+    if val_fraction > 0:
+        wanted = np.maximum(1, np.round(val_fraction * sizes).astype(np.int64))
+        num_val = np.where(sizes >= 2, np.minimum(sizes - 1, wanted), 0)
+    dtype = index_dtype(len(order))
+    train = np.empty(len(order) - int(num_val.sum()), dtype=dtype)
+    val = np.empty(int(num_val.sum()), dtype=dtype)
+    train_offsets = _offsets(sizes - num_val)
+    val_offsets = _offsets(num_val)
+    for i, (start, stop) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist())):
+        # train_val_split's shuffle, with the seed it is given for this client
+        shuffled = np.random.default_rng(_client_seed(seed, i)).permutation(order[start:stop])
+        k = int(num_val[i])
+        val[val_offsets[i]:val_offsets[i + 1]] = shuffled[:k]
+        train[train_offsets[i]:train_offsets[i + 1]] = shuffled[k:]
+    return train, train_offsets, val, val_offsets
+
+
+def _offsets(sizes: np.ndarray) -> np.ndarray:
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    return offsets
 
 
 def _cache_key(dataset: Dataset, settings: list) -> str:
@@ -161,28 +167,32 @@ def _cache_key(dataset: Dataset, settings: list) -> str:
     return digest.hexdigest()[:32]
 
 
-def _read_splits(path: Path | None, num_clients: int) -> list[tuple[np.ndarray, np.ndarray]] | None:
+_SPLIT_KEYS = ("train", "train_offsets", "val", "val_offsets")
+
+
+def _read_splits(path: Path | None, num_clients: int) -> tuple[np.ndarray, ...] | None:
     if path is None or not path.is_file():
         return None
     try:
         with np.load(path) as saved:
-            return [(saved[f"train{i}"], saved[f"val{i}"]) for i in range(num_clients)]
+            splits = tuple(saved[key] for key in _SPLIT_KEYS)
     except (OSError, KeyError, ValueError):  # a damaged or foreign file: partition again
         return None
+    if len(splits[1]) != num_clients + 1 or len(splits[3]) != num_clients + 1:
+        return None
+    return splits
 
 
-def _write_splits(path: Path | None, splits: list[tuple[np.ndarray, np.ndarray]]) -> None:
+def _write_splits(path: Path | None, splits: tuple[np.ndarray, ...]) -> None:
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {f"{kind}{i}": part for i, (train, val) in enumerate(splits)
-              for kind, part in (("train", train), ("val", val))}
     temporary = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(temporary, **arrays)
+    np.savez(temporary, **dict(zip(_SPLIT_KEYS, splits)))
     os.replace(temporary, path)  # atomic: concurrent runs never read half a file
 
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: one array per kind (train, val) plus offsets, not one per client
 
 
 def _client_seed(seed: int, client: int) -> int:
@@ -216,9 +226,28 @@ def partition_stats(
         for p in partitions
     ]
     histogram = np.array(rows, dtype=np.int64).reshape(len(partitions), num_classes)
+    return _stats(histogram)
+
+
+def client_partition_stats(clients: Sequence[ClientData], num_classes: int) -> dict:
+    """:func:`partition_stats` of the clients' training splits.
+
+    For :class:`ClientDatasets` the histogram comes from the index arrays (no client is
+    built, milliseconds for 10,000 clients); any other sequence of :class:`ClientData` is
+    read client by client.
+    """
+    if isinstance(clients, ClientDatasets):
+        return _stats(clients.label_histogram(num_classes))
+    labels = np.concatenate([np.asarray(c.y_train, dtype=np.int64) for c in clients])
+    sizes = np.array([len(c.y_train) for c in clients], dtype=np.int64)
+    return partition_stats(labels, np.split(np.arange(len(labels)), np.cumsum(sizes)[:-1]),
+                           num_classes)
+
+
+def _stats(histogram: np.ndarray) -> dict:
     sizes = histogram.sum(axis=1)
     return {
-        "num_clients": len(partitions),
+        "num_clients": len(histogram),
         "num_examples": int(sizes.sum()),
         "examples_per_client": sizes.tolist(),
         "label_histogram": histogram.tolist(),

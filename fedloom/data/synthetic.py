@@ -76,7 +76,16 @@ def load_synthetic(
         u = rng.normal(0, alpha, num_devices)
         big_b = rng.normal(0, beta, num_devices)
 
-    xs, ys = [], []
+    # Rows are written straight into float32 train/test arrays, device by device, so
+    # memory peaks near the data's own size (float64 only for one device at a time).
+    device = np.repeat(np.arange(num_devices, dtype=np.int64), samples_per_device)
+    train, test = stratified_split(device, test_fraction, (seed, 1))
+    is_test = np.zeros(len(device), dtype=bool)
+    is_test[test] = True
+    x_train = np.empty((len(train), _DIMENSION), dtype=np.float32)
+    x_test = np.empty((len(test), _DIMENSION), dtype=np.float32)
+    y = np.empty(len(device), dtype=np.int64)
+    start, train_at, test_at = 0, 0, 0
     for k in range(num_devices):
         if iid:
             w, b, v = shared_w, shared_b, np.zeros(_DIMENSION)
@@ -84,19 +93,20 @@ def load_synthetic(
             w = rng.normal(u[k], 1, (_DIMENSION, _NUM_CLASSES))
             b = rng.normal(u[k], 1, _NUM_CLASSES)
             v = rng.normal(big_b[k], 1, _DIMENSION)
-        x = v + rng.standard_normal((samples_per_device[k], _DIMENSION)) * std_x
-        xs.append(x)
-        ys.append(np.argmax(x @ w + b, axis=1))  # softmax is monotone: argmax of the logits
-    x = np.concatenate(xs).astype(np.float32)
-    y = np.concatenate(ys).astype(np.int64)
-    device = np.repeat(np.arange(num_devices, dtype=np.int64), samples_per_device)
-    train, test = stratified_split(device, test_fraction, (seed, 1))
+        stop = start + int(samples_per_device[k])
+        x = v + rng.standard_normal((stop - start, _DIMENSION)) * std_x
+        y[start:stop] = np.argmax(x @ w + b, axis=1)  # softmax is monotone: argmax of logits
+        held_out = is_test[start:stop]
+        n_test = int(held_out.sum())
+        x_test[test_at:test_at + n_test] = x[held_out]
+        x_train[train_at:train_at + len(x) - n_test] = x[~held_out]
+        start, train_at, test_at = stop, train_at + len(x) - n_test, test_at + n_test
     name = "synthetic_iid" if iid else f"synthetic_{alpha:g}_{beta:g}"
     return Dataset(
         name,
-        x[train],
+        x_train,
         y[train],
-        x[test],
+        x_test,
         y[test],
         num_classes=_NUM_CLASSES,
         train_client_ids=device[train],

@@ -13,9 +13,13 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
-
-from fedloom.data import Dataset, client_datasets, load_dataset, log_partition_stats, partition_stats
+from fedloom.data import (
+    Dataset,
+    client_datasets,
+    client_partition_stats,
+    load_dataset,
+    log_partition_stats,
+)
 from fedloom.experiment.settings import RunSettings
 
 __all__ = [
@@ -73,12 +77,10 @@ def partition_cache_dir() -> Path | None:
     return None if root.strip().lower() in ("off", "0", "") else Path(root) / "partitions"
 
 
-def client_stats(clients: list, num_classes: int) -> dict:
-    """:func:`fedloom.data.partition_stats` of the clients' training splits."""
-    labels = np.concatenate([c.y_train for c in clients])
-    sizes = np.array([len(c.y_train) for c in clients])
-    parts = np.split(np.arange(len(labels)), np.cumsum(sizes)[:-1])
-    return partition_stats(labels, parts, num_classes)
+def client_stats(clients, num_classes: int) -> dict:
+    """:func:`fedloom.data.partition_stats` of the clients' training splits (from the
+    partition's index arrays: no client's data is built)."""
+    return client_partition_stats(clients, num_classes)
 
 
 def model_spec(settings: RunSettings, dataset: Dataset):
