@@ -226,11 +226,15 @@ class Bucket(Stage):
         for group in groups:
             members = [m for i in group for m in state.members(state.updates[i])]
             sizes = np.array([state.updates[i].num_examples for i in group], dtype=np.float64)
-            weights = sizes if sizes.sum() > 0 else np.ones(len(group))
+            weights = sizes if (sizes > 0).any() else np.ones(len(group))
             mean = weighted_mean([updates[i] for i in group], weights)
             name = "+".join(str(client_id) for client_id, _ in members)
             state.groups[name] = members
-            buckets.append(ClientUpdate(name, mean, float(sizes.sum()),
+            # the group's size saturates at the largest float (huge reported sizes
+            # would otherwise sum to Inf, which the weighting refuses)
+            with np.errstate(over="ignore"):
+                total = float(min(sizes.sum(), np.finfo(np.float64).max))
+            buckets.append(ClientUpdate(name, mean, total,
                                         _mean_metrics([state.updates[i].metrics for i in group], weights)))
         state.replace_updates(buckets)
         return None

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from fedloom.aggregation.checks import normalise_weights
 from fedloom.aggregation.mean import squared_distances, weighted_mean
 from fedloom.aggregation.robust import centered_clip, coordinate_median, trimmed_mean
 from fedloom.aggregation.round_state import RoundState
@@ -25,7 +26,7 @@ def _require_positive_weight(state: RoundState) -> np.ndarray:
     coefficients = state.coefficients
     if coefficients is None:
         return np.ones(len(state.updates))
-    if not coefficients.sum() > 0:
+    if not (coefficients > 0).any():  # not the sum: huge weights would overflow it
         raise InsufficientUpdates(
             f"round {state.server_round}: all {len(coefficients)} valid updates have weight 0 "
             "(e.g. every client reported num_examples=0), so there is nothing to average."
@@ -56,7 +57,7 @@ class Mean(Stage):
             coefficients = _require_positive_weight(state)
             updates: list = [u.weights for u in state.updates]
             if state.scales is not None and (state.scales < 1.0).any():
-                c = coefficients / coefficients.sum() * state.scales
+                c = normalise_weights(coefficients, len(coefficients)) * state.scales
                 updates.append(state.global_weights)
                 coefficients = np.append(c, max(0.0, 1.0 - c.sum()))
             result = weighted_mean(updates, coefficients)
