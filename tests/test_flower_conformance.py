@@ -267,7 +267,7 @@ def test_a_stock_flower_app_calls_aggregate_train_directly_for_every_named_strat
     named strategy aggregates; without, those that need no global model still do."""
     options = dict(options)
     make = get_object(options.pop("_target_"))
-    clients = random_clients(6)
+    clients = random_clients(8)  # 8 >= 4f + 3 for robust_bulyan's f=1
     global_model = ArrayRecord([np.zeros((7, 3), np.float32), np.zeros(4, np.float32)])
 
     primed = make(**options)
