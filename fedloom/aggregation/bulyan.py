@@ -37,7 +37,7 @@ from fedloom.aggregation._blocks import reduce_blocks
 from fedloom.aggregation.checks import check_same_structure
 from fedloom.aggregation.robust import krum_scores, pairwise_squared_distances
 
-__all__ = ["bulyan", "bulyan_selection", "SELECTIONS"]
+__all__ = ["bulyan", "bulyan_aggregate", "bulyan_selection", "SELECTIONS"]
 
 #: How Bulyan's first step selects: the paper's recursive Krum, or one Multi-Krum pass.
 SELECTIONS = ("recursive", "multi_krum")
@@ -95,9 +95,26 @@ def bulyan(updates: Sequence[Sequence[np.ndarray]], num_byzantine: int,
     check_same_structure(updates)
     _check_enough(len(updates), num_byzantine)
     selected = bulyan_selection(pairwise_squared_distances(updates), num_byzantine, selection)
-    chosen = [updates[i] for i in selected]
+    return bulyan_aggregate([updates[i] for i in selected], num_byzantine)
+
+
+def bulyan_aggregate(chosen: Sequence[Sequence[np.ndarray]], num_byzantine: int) -> list[np.ndarray]:
+    """Bulyan's second step on the ``theta = n - 2f`` selected updates: per coordinate,
+    the mean of the ``theta - 2f`` values closest to their median (block by block).
+
+    Args:
+        chosen: the selected updates (:func:`bulyan_selection`), ``theta >= 2f + 3``.
+        num_byzantine: ``f``.
+
+    Returns:
+        New arrays in the updates' shapes and dtypes.
+    """
+    check_same_structure(chosen)
     theta = len(chosen)
     beta = theta - 2 * num_byzantine
+    if beta < 1:
+        raise ValueError(f"Bulyan's second step with num_byzantine={num_byzantine} needs more than "
+                         f"{2 * num_byzantine} selected updates; received {theta}.")
     middle = [(theta - 1) // 2, theta // 2]
 
     def closest_to_median_mean(block: np.ndarray) -> np.ndarray:

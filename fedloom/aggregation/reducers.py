@@ -13,11 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from fedloom.aggregation.bulyan import SELECTIONS, bulyan
+from fedloom.aggregation.bulyan import SELECTIONS, bulyan_aggregate, bulyan_selection
 from fedloom.aggregation.checks import normalise_weights
 from fedloom.aggregation.geometric_median import geometric_median
 from fedloom.aggregation.mean import squared_distances, weighted_mean
-from fedloom.aggregation.robust import centered_clip, coordinate_median, trimmed_mean
+from fedloom.aggregation.robust import (
+    centered_clip,
+    coordinate_median,
+    pairwise_squared_distances,
+    trimmed_mean,
+)
 from fedloom.aggregation.round_state import RoundState
 from fedloom.aggregation.stages import Stage
 from fedloom.errors import ConfigError, InsufficientUpdates
@@ -184,7 +189,9 @@ class Bulyan(Stage):
             ``"multi_krum"`` (one Multi-Krum pass, as Flower's Message-API ``Bulyan``).
 
     Needs ``n >= 4f + 3`` updates: with fewer the round is skipped
-    (:class:`~fedloom.errors.InsufficientUpdates`, saying how many were needed). Every
+    (:class:`~fedloom.errors.InsufficientUpdates`, saying how many were needed). The
+    updates the selection leaves out are rejected with reason ``bulyan`` (so the round's
+    clients and averaged metrics are the selected ones, as in Flower). Every
     update counts the same (data size is ignored, as in the paper and in Flower), so a
     client's reported ``num_examples`` cannot buy it influence. No state.
     """
@@ -208,7 +215,14 @@ class Bulyan(Stage):
                 f"round {state.server_round}: Bulyan with num_byzantine={self.num_byzantine} "
                 f"needs at least {needed} valid updates (n >= 4f + 3); {len(state.updates)} "
                 "reached it. Lower num_byzantine, use fewer/smaller buckets or sample more clients.")
-        state.aggregate = bulyan(state.effective_updates(), self.num_byzantine, self.selection)
+        updates = state.effective_updates()
+        selected = bulyan_selection(pairwise_squared_distances(updates), self.num_byzantine,
+                                    self.selection)
+        mask = np.zeros(len(updates), dtype=bool)
+        mask[selected] = True
+        state.keep(mask, "bulyan", [f"not among the {len(selected)} updates Bulyan's "
+                                    f"{self.selection} Krum selected"] * len(updates))
+        state.aggregate = bulyan_aggregate([updates[i] for i in selected], self.num_byzantine)
         return None
 
 

@@ -223,6 +223,7 @@ def robust_weighted(
     clip_median_multiple: float | None = None,
     bucket_size: int = 1,
     clip_radius: float = 1.0,
+    bulyan_selection: str = "recursive",
     server_optimizer: str = "sgd",
     server_learning_rate: float | None = None,
     server_beta_1: float | None = None,
@@ -274,6 +275,9 @@ def robust_weighted(
             ``ceil(K / bucket_size) >= num_byzantine + 3``).
         clip_radius: with ``robust="centered_clip"``, the clipping radius as a multiple
             of the round's median distance of the updates from the centre.
+        bulyan_selection: with ``robust="bulyan"``, ``"recursive"`` (the paper's Krum
+            applied ``n - 2f`` times; Flower's legacy ``Bulyan``) or ``"multi_krum"`` (one
+            Multi-Krum pass; Flower's Message-API ``Bulyan``). They select different sets.
         server_optimizer, server_learning_rate, server_beta_1, server_beta_2, server_tau:
             the server step after the robust rule, as in :func:`federated_averaging`
             (``"sgd"`` with the default learning rate: the new model is the robust
@@ -298,7 +302,7 @@ def robust_weighted(
     elif robust == "geometric_median":
         stages += [weighting, GeometricMedian()]
     elif robust == "bulyan":
-        stages += [Bulyan(num_byzantine)]
+        stages += [Bulyan(num_byzantine, selection=bulyan_selection)]
     else:
         stages += [CoordinateMedian()]
     name = f"robust ({robust}) then {weight_by}"
