@@ -81,3 +81,14 @@ def test_named_configs_compose_what_they_say():
     names, pipeline = stages("robust_bulyan")
     assert names == ["RejectNormOutliers", "Bulyan"]
     assert pipeline.stages[1].num_byzantine == 1 and pipeline.stages[1].selection == "recursive"
+
+
+def test_the_experiment_config_check_refuses_too_few_clients_for_bulyan():
+    from fedloom.experiment import settings
+
+    from test_experiment import config
+
+    settings.validate(config("strategy=robust_bulyan", "clients_per_round=7"))
+    with pytest.raises(ConfigError, match=r"strategy.num_byzantine=1 needs 7 updates for Bulyan "
+                                          r"\(n >= 4f \+ 3\) and clients_per_round=6 gives 6\."):
+        settings.validate(config("strategy=robust_bulyan", "clients_per_round=6"))
