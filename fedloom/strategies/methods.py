@@ -305,7 +305,8 @@ def robust_weighted(
         stages += [Bulyan(num_byzantine, selection=bulyan_selection)]
     else:
         stages += [CoordinateMedian()]
-    name = f"robust ({robust}) then {weight_by}"
+    weighted = robust not in ("median", "bulyan")  # those two weigh every update the same
+    name = f"robust ({robust}) then {weight_by}" if weighted else f"robust ({robust})"
     step = server_step(server_optimizer, server_learning_rate, 0.0,
                        server_beta_1, server_beta_2, server_tau)
     if not (isinstance(step, ServerStep) and step.is_identity):
