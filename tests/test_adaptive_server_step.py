@@ -177,3 +177,25 @@ def test_server_optimizer_settings_that_do_not_belong_together_are_refused():
         Hybrid.robust_weighted(server_optimizer="adamw")
     with pytest.raises(ConfigError, match="eta > 0"):
         FederatedAveraging(server_optimizer="yogi", server_learning_rate=0.0)
+
+
+def test_the_stages_declare_what_they_read_and_keep_state_outside_themselves():
+    from fedloom.aggregation import Bulyan, GeometricMedian, Mean, RoundState
+    from fedloom.privacy import accounting_problems
+
+    stage = AdaptiveServerStep("yogi")
+    assert stage.needs_global_model and stage.stateful and not stage.dp_sensitivity_preserving
+    assert (stage.eta, stage.beta_1, stage.beta_2, stage.tau) == (0.01, 0.9, 0.99, 1e-3)  # Flower's
+    assert not Bulyan(1).uses_weights and GeometricMedian().uses_weights
+    before = repr(stage)
+    state = RoundState(1, [np.zeros(2, np.float32)],
+                       [ClientUpdate(str(k), [np.full(2, k, np.float32)], 1, {}) for k in range(3)])
+    Mean().update(state, None)
+    first = stage.init()
+    second = stage.update(state, first)
+    assert second["count"] == 1 and first == stage.init() and repr(stage) == before
+    third = stage.update(state, second)
+    assert third["count"] == 2 and second["count"] == 1  # the old state is not changed in place
+    # a server optimiser changes the noised mean's sensitivity: DP accounting says so
+    assert any("adaptive_server_step" in p or "AdaptiveServerStep" in p
+               for p in accounting_problems(named("fedadam").schedule))
