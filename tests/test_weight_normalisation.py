@@ -13,7 +13,7 @@ HUGE = 1.7e308  # two of them sum to Inf in float64
 
 
 def updates(values, sizes):
-    return [ClientUpdate(f"c{k}", [np.full(3, v, np.float32)], n, {})
+    return [ClientUpdate(f"c{k}", [np.full(3, v, np.float32)], n, {"quality": 0.25 * (k + 1)})
             for k, (v, n) in enumerate(zip(values, sizes))]
 
 
@@ -40,3 +40,11 @@ def test_buckets_of_huge_clients_keep_finite_sizes_and_their_members_shares():
     np.testing.assert_allclose(result.weights[0], np.full(3, 4.0), rtol=1e-6)
     assert sorted(result.used) == ["c0", "c1", "c2", "c3"]
     assert result.coefficients == pytest.approx([0.25] * 4)
+
+
+def test_buckets_of_huge_clients_average_their_metrics_and_quality_weighting_keeps_them():
+    result = Pipeline(Bucket(2), WeightBy("num_examples*quality"), Mean())(
+        [np.zeros(3, np.float32)], updates([1.0, 3.0, 5.0, 7.0], [HUGE] * 4))
+    assert result.rejected == []  # a NaN group quality would leave groups out as missing_metric
+    assert sorted(result.used) == ["c0", "c1", "c2", "c3"]
+    assert np.isfinite(result.weights[0]).all()

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from fedloom.aggregation.checks import normalise_weights
 from fedloom.aggregation.mean import weighted_mean
 from fedloom.aggregation.robust import multi_krum
 from fedloom.aggregation.round_state import ClientUpdate, RoundState
@@ -248,6 +249,8 @@ def _mean_metrics(metrics: list[Mapping[str, Any]], weights: np.ndarray) -> dict
         pairs = [(float(m[key]), w) for m, w in zip(metrics, weights) if is_number(m.get(key))]
         if pairs:
             values, member_weights = zip(*pairs)
-            total = sum(member_weights)
-            means[key] = float(np.average(values, weights=member_weights if total > 0 else None))
+            w = np.asarray(member_weights, dtype=np.float64)
+            # normalised first: huge reported sizes would make np.average's sum Inf (NaN mean)
+            shares = normalise_weights(w, len(w)) if (w > 0).any() else np.full(len(w), 1 / len(w))
+            means[key] = float(np.dot(np.asarray(values, dtype=np.float64), shares))
     return means
