@@ -336,7 +336,7 @@ def test_a_client_claiming_1e9_examples_takes_over_the_weighted_mean_not_a_cappe
         result = pipeline(GLOBAL, client_updates)
         delta = stacked([[w.astype(np.float64) - g for w, g in zip(result.weights, GLOBAL)]])[0]
         assert _shift(delta, honest) == pytest.approx(expected, rel=1e-4)
-    with pytest.raises(ConfigError, match="weight cap must be a multiple of the median >= 1"):
+    with pytest.raises(ConfigError, match="weight cap must be a multiple >= 1 of the round's median weight"):
         WeightBy("num_examples", cap=0.5)
 
 

@@ -65,7 +65,7 @@ def test_fraction_train_sets_the_clients_per_round_like_fedavg():
          "strategy.betta=0.1 is not allowed: conf/strategy/robust_trimmed.yaml has no 'betta' (did you mean beta?)"),
         (["strategy.beta=0.1"], "strategy.beta=0.1 is not allowed: conf/strategy/weighted.yaml has no 'beta'; its settings: _target_, weight_by"),
         (["partition=iid", "partition.alpha=0.5"], "partition.alpha=0.5 is not allowed: conf/partition/iid.yaml has no 'alpha'"),
-        (["strategy=fedyogi"], "strategy='fedyogi' is not allowed: choose one of fedavg, fedprox, robust_centered_clip, robust_krum, "),
+        (["strategy=fedbulyan"], "strategy='fedbulyan' is not allowed: choose one of fedadagrad, fedadam, fedavg, fedprox, fedyogi, robust_bulyan, "),
     ],
 )
 def test_unknown_keys_and_options_on_the_command_line_fail_in_one_line(overrides, message):

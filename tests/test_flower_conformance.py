@@ -6,7 +6,11 @@ replies of two arrays, float ``num-examples``, 0-dim arrays, a single reply, rep
 with errors, float64 models. Each case runs Flower's class and fedloom's class on their
 own copies of the same replies (Flower's robust strategies consume the replies' arrays)
 and asserts the same arrays (1e-6 relative), keys, shapes and dtypes, and the same
-averaged client metrics. Flower's ``Bulyan`` has no fedloom counterpart (not tested).
+averaged client metrics. Flower's two ``Bulyan`` classes select differently: the legacy
+one recurses Krum as the paper does (fedloom's default), the Message-API one takes one
+Multi-Krum pass (fedloom's ``bulyan_selection="multi_krum"``); each is compared with its
+counterpart (``f = 3`` for the recursive one, where Krum keeps >= 2 neighbours so no
+scores tie: with 1 neighbour Flower breaks ties by list order, fedloom by distance).
 """
 
 from __future__ import annotations
@@ -109,6 +113,14 @@ MESSAGE_CASES = {
     "krum": (lambda: flower.Krum(num_malicious_nodes=1),
              lambda: Hybrid.robust_weighted("krum", num_byzantine=1, num_selected=1, max_norm_ratio=None),
              random_clients(5), 0),
+    "bulyan": (lambda: flower.Bulyan(num_malicious_nodes=1),
+               lambda: Hybrid.robust_weighted("bulyan", num_byzantine=1, bulyan_selection="multi_krum",
+                                              max_norm_ratio=None),
+               random_clients(7), 1),
+    "bulyan_f2": (lambda: flower.Bulyan(num_malicious_nodes=2),
+                  lambda: Hybrid.robust_weighted("bulyan", num_byzantine=2, bulyan_selection="multi_krum",
+                                                 max_norm_ratio=None),
+                  random_clients(12, dtype=np.float64), 0),
     "multikrum": (lambda: flower.MultiKrum(num_malicious_nodes=1, num_nodes_to_select=3),
                   lambda: Hybrid.robust_weighted("krum", num_byzantine=1, num_selected=3,
                                                  max_norm_ratio=None),
@@ -212,6 +224,9 @@ LEGACY_CASES = {
                       lambda **o: legacy.Hybrid.robust_weighted(
                           "trimmed_mean", beta=0.2, weight_by="uniform", max_norm_ratio=None, **o),
                       random_clients(6)),
+    "bulyan": (lambda **o: flower_legacy.Bulyan(num_malicious_clients=3, to_keep=0, **o),
+               lambda **o: legacy.Hybrid.robust_weighted("bulyan", num_byzantine=3, max_norm_ratio=None, **o),
+               random_clients(15)),
     "krum": (lambda **o: flower_legacy.Krum(num_malicious_clients=1, num_clients_to_keep=0, **o),
              lambda **o: legacy.Hybrid.robust_weighted("krum", num_byzantine=1, num_selected=1,
                                                        max_norm_ratio=None, **o),
@@ -267,7 +282,7 @@ def test_a_stock_flower_app_calls_aggregate_train_directly_for_every_named_strat
     named strategy aggregates; without, those that need no global model still do."""
     options = dict(options)
     make = get_object(options.pop("_target_"))
-    clients = random_clients(6)
+    clients = random_clients(8)  # 8 >= 4f + 3 for robust_bulyan's f=1
     global_model = ArrayRecord([np.zeros((7, 3), np.float32), np.zeros(4, np.float32)])
 
     primed = make(**options)

@@ -23,8 +23,15 @@ from fedloom.aggregation.robust import (
 )
 from fedloom.aggregation.round_state import ClientUpdate, Rejection, RoundState
 from fedloom.aggregation.filters import Bucket, ClipNorm, KrumSelect, RejectNormOutliers
-from fedloom.aggregation.reducers import CenteredClip, CoordinateMedian, Mean, TrimmedMean
-from fedloom.aggregation.server_step import ServerStep, server_update
+from fedloom.aggregation.reducers import (
+    Bulyan,
+    CenteredClip,
+    CoordinateMedian,
+    GeometricMedian,
+    Mean,
+    TrimmedMean,
+)
+from fedloom.aggregation.server_step import AdaptiveServerStep, ServerStep, server_update
 from fedloom.aggregation.stages import Stage
 from fedloom.aggregation.weighting import (
     WeightBy,
@@ -36,12 +43,15 @@ from fedloom.aggregation.weighting import (
 
 __all__ = [
     "REASONS",
+    "AdaptiveServerStep",
     "AggregationResult",
     "Bucket",
+    "Bulyan",
     "CenteredClip",
     "ClientUpdate",
     "ClipNorm",
     "CoordinateMedian",
+    "GeometricMedian",
     "KrumSelect",
     "Mean",
     "Pipeline",

@@ -13,6 +13,10 @@ With ``n`` updates of which up to ``f`` are Byzantine (``n >= 4f + 3``):
    does not matter. Flower keeps the first in its list instead; the two agree whenever
    no scores tie, which is certain for ``f >= 3`` (at least 2 neighbours) and not for
    ``f <= 2``, where a mutually nearest pair ties once 1 neighbour is left.
+   ``selection="multi_krum"`` instead keeps the ``n - 2f`` updates with the lowest Krum
+   scores computed once over all ``n`` (ties to the earlier update): what Flower's
+   Message-API ``Bulyan`` does (its default ``select_multikrum``), while Flower's legacy
+   ``aggregate_bulyan`` recurses as the paper does.
 2. Aggregation: per coordinate, the mean of the ``beta = theta - 2f`` selected values
    closest to the selected values' median.
 
@@ -31,23 +35,34 @@ import numpy as np
 
 from fedloom.aggregation._blocks import reduce_blocks
 from fedloom.aggregation.checks import check_same_structure
-from fedloom.aggregation.robust import pairwise_squared_distances
+from fedloom.aggregation.robust import krum_scores, pairwise_squared_distances
 
-__all__ = ["bulyan", "bulyan_selection"]
+__all__ = ["bulyan", "bulyan_aggregate", "bulyan_selection", "SELECTIONS"]
+
+#: How Bulyan's first step selects: the paper's recursive Krum, or one Multi-Krum pass.
+SELECTIONS = ("recursive", "multi_krum")
 
 
-def bulyan_selection(distances: np.ndarray, num_byzantine: int) -> np.ndarray:
-    """Indices of the ``n - 2f`` updates Bulyan's recursive Krum selects, in pick order.
+def bulyan_selection(distances: np.ndarray, num_byzantine: int,
+                     selection: str = "recursive") -> np.ndarray:
+    """Indices of the ``n - 2f`` updates Bulyan's first step selects, in pick order.
 
     Args:
         distances: ``(n, n)`` squared L2 distances between the updates.
         num_byzantine: ``f >= 0``.
+        selection: ``"recursive"`` (the paper) or ``"multi_krum"`` (one pass, lowest
+            scores first; Flower's Message-API ``Bulyan``).
 
     Raises:
-        ValueError: if ``n < 4f + 3`` (the paper's condition).
+        ValueError: if ``n < 4f + 3`` (the paper's condition) or an unknown selection.
     """
     num_updates = distances.shape[0]
     _check_enough(num_updates, num_byzantine)
+    if selection not in SELECTIONS:
+        raise ValueError(f"Bulyan selection must be one of {SELECTIONS}; received {selection!r}.")
+    if selection == "multi_krum":
+        scores = krum_scores(distances, num_byzantine)  # n >= 4f + 3: >= 1 neighbour
+        return np.argsort(scores, kind="stable")[: num_updates - 2 * num_byzantine]
     distances = 0.5 * (distances + distances.T)  # exactly symmetric: ties are exact
     remaining = list(range(num_updates))
     selected = []
@@ -65,22 +80,41 @@ def bulyan_selection(distances: np.ndarray, num_byzantine: int) -> np.ndarray:
     return np.asarray(selected, dtype=np.int64)
 
 
-def bulyan(updates: Sequence[Sequence[np.ndarray]], num_byzantine: int) -> list[np.ndarray]:
+def bulyan(updates: Sequence[Sequence[np.ndarray]], num_byzantine: int,
+           selection: str = "recursive") -> list[np.ndarray]:
     """Bulyan's aggregate of ``n`` updates tolerating ``f = num_byzantine`` Byzantine ones.
 
     Args:
         updates: ``n`` client updates (each a list of arrays of one shape/dtype set).
         num_byzantine: ``f``; needs ``n >= 4f + 3``.
+        selection: ``"recursive"`` or ``"multi_krum"`` (see :func:`bulyan_selection`).
 
     Returns:
         New arrays in the updates' shapes and dtypes.
     """
     check_same_structure(updates)
     _check_enough(len(updates), num_byzantine)
-    selected = bulyan_selection(pairwise_squared_distances(updates), num_byzantine)
-    chosen = [updates[i] for i in selected]
+    selected = bulyan_selection(pairwise_squared_distances(updates), num_byzantine, selection)
+    return bulyan_aggregate([updates[i] for i in selected], num_byzantine)
+
+
+def bulyan_aggregate(chosen: Sequence[Sequence[np.ndarray]], num_byzantine: int) -> list[np.ndarray]:
+    """Bulyan's second step on the ``theta = n - 2f`` selected updates: per coordinate,
+    the mean of the ``theta - 2f`` values closest to their median (block by block).
+
+    Args:
+        chosen: the selected updates (:func:`bulyan_selection`), ``theta >= 2f + 3``.
+        num_byzantine: ``f``.
+
+    Returns:
+        New arrays in the updates' shapes and dtypes.
+    """
+    check_same_structure(chosen)
     theta = len(chosen)
     beta = theta - 2 * num_byzantine
+    if beta < 1:
+        raise ValueError(f"Bulyan's second step with num_byzantine={num_byzantine} needs more than "
+                         f"{2 * num_byzantine} selected updates; received {theta}.")
     middle = [(theta - 1) // 2, theta // 2]
 
     def closest_to_median_mean(block: np.ndarray) -> np.ndarray:

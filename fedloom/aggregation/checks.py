@@ -40,6 +40,7 @@ REASONS = {
     "norm_outlier": "the update's distance from the model is far above the round's median",
     "absurd_norm": "the update moved absurdly far (by default over 1000x the round's median norm)",
     "krum": "not among the updates Krum selected",
+    "bulyan": "not among the updates Bulyan's Krum selection kept",
 }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from fedloom.aggregation.checks import normalise_weights
 from fedloom.aggregation.mean import weighted_mean
 from fedloom.aggregation.robust import multi_krum
 from fedloom.aggregation.round_state import ClientUpdate, RoundState
@@ -226,11 +227,15 @@ class Bucket(Stage):
         for group in groups:
             members = [m for i in group for m in state.members(state.updates[i])]
             sizes = np.array([state.updates[i].num_examples for i in group], dtype=np.float64)
-            weights = sizes if sizes.sum() > 0 else np.ones(len(group))
+            weights = sizes if (sizes > 0).any() else np.ones(len(group))
             mean = weighted_mean([updates[i] for i in group], weights)
             name = "+".join(str(client_id) for client_id, _ in members)
             state.groups[name] = members
-            buckets.append(ClientUpdate(name, mean, float(sizes.sum()),
+            # the group's size saturates at the largest float (huge reported sizes
+            # would otherwise sum to Inf, which the weighting refuses)
+            with np.errstate(over="ignore"):
+                total = float(min(sizes.sum(), np.finfo(np.float64).max))
+            buckets.append(ClientUpdate(name, mean, total,
                                         _mean_metrics([state.updates[i].metrics for i in group], weights)))
         state.replace_updates(buckets)
         return None
@@ -244,6 +249,8 @@ def _mean_metrics(metrics: list[Mapping[str, Any]], weights: np.ndarray) -> dict
         pairs = [(float(m[key]), w) for m, w in zip(metrics, weights) if is_number(m.get(key))]
         if pairs:
             values, member_weights = zip(*pairs)
-            total = sum(member_weights)
-            means[key] = float(np.average(values, weights=member_weights if total > 0 else None))
+            w = np.asarray(member_weights, dtype=np.float64)
+            # normalised first: huge reported sizes would make np.average's sum Inf (NaN mean)
+            shares = normalise_weights(w, len(w)) if (w > 0).any() else np.full(len(w), 1 / len(w))
+            means[key] = float(np.dot(np.asarray(values, dtype=np.float64), shares))
     return means

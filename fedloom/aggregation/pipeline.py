@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from fedloom.aggregation.checks import check_update
+from fedloom.aggregation.checks import check_update, normalise_weights
 from fedloom.aggregation.round_state import ClientUpdate, Rejection, RoundState
 from fedloom.aggregation.mean import weighted_mean_and_distances
 from fedloom.aggregation.reducers import Mean
@@ -226,11 +226,12 @@ class Pipeline:
         if coefficients is None or any(s.kind == "reducer" and not s.uses_weights for s in self.stages):
             coefficients = np.ones(len(state.updates))
         used, coefficients = state.clients(coefficients)
-        total = float(np.sum(coefficients))
+        shares = (normalise_weights(coefficients, len(coefficients))
+                  if (coefficients > 0).any() else None)  # overflow-safe, unlike c / c.sum()
         return AggregationResult(
             weights=None if skipped else state.aggregate,
             used=[] if skipped else used,
-            coefficients=[] if skipped or total == 0 else (coefficients / total).tolist(),
+            coefficients=[] if skipped or shares is None else shares.tolist(),
             rejected=state.rejected,
             skipped_reason=skipped,
             seconds=time.perf_counter() - started,
@@ -335,7 +336,7 @@ def _run_in_one_pass(state: RoundState, stages: Sequence[Stage], names: Sequence
             _update(stage, name, state, states)
         return True
     candidate, count = None, len(state.updates)
-    if coefficients.sum() > 0:
+    if (coefficients > 0).any():
         candidate, squared = weighted_mean_and_distances(
             [u.weights for u in state.updates], coefficients, state.global_weights)
         state.set_delta_norms(np.sqrt(squared))

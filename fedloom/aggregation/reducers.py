@@ -1,8 +1,9 @@
 """Reducer stages: turn the kept updates into one model.
 
 :class:`Mean` (FedAvg's weighted mean), :class:`CoordinateMedian`, :class:`TrimmedMean`
-(Yin et al. 2018) and :class:`CenteredClip` (Karimireddy et al. 2021, whose last step
-is its state). See :mod:`fedloom.aggregation.stages` for the stage protocol.
+(Yin et al. 2018), :class:`CenteredClip` (Karimireddy et al. 2021, whose last step
+is its state), :class:`Bulyan` (El Mhamdi et al. 2018) and :class:`GeometricMedian`
+(Pillutla et al. 2022). See :mod:`fedloom.aggregation.stages` for the stage protocol.
 """
 
 from __future__ import annotations
@@ -12,20 +13,28 @@ from typing import Any
 
 import numpy as np
 
+from fedloom.aggregation.bulyan import SELECTIONS, bulyan_aggregate, bulyan_selection
+from fedloom.aggregation.checks import normalise_weights
+from fedloom.aggregation.geometric_median import geometric_median
 from fedloom.aggregation.mean import squared_distances, weighted_mean
-from fedloom.aggregation.robust import centered_clip, coordinate_median, trimmed_mean
+from fedloom.aggregation.robust import (
+    centered_clip,
+    coordinate_median,
+    pairwise_squared_distances,
+    trimmed_mean,
+)
 from fedloom.aggregation.round_state import RoundState
 from fedloom.aggregation.stages import Stage
 from fedloom.errors import ConfigError, InsufficientUpdates
 
-__all__ = ["Mean", "CoordinateMedian", "TrimmedMean", "CenteredClip"]
+__all__ = ["Mean", "CoordinateMedian", "TrimmedMean", "CenteredClip", "Bulyan", "GeometricMedian"]
 
 
 def _require_positive_weight(state: RoundState) -> np.ndarray:
     coefficients = state.coefficients
     if coefficients is None:
         return np.ones(len(state.updates))
-    if not coefficients.sum() > 0:
+    if not (coefficients > 0).any():  # not the sum: huge weights would overflow it
         raise InsufficientUpdates(
             f"round {state.server_round}: all {len(coefficients)} valid updates have weight 0 "
             "(e.g. every client reported num_examples=0), so there is nothing to average."
@@ -56,7 +65,7 @@ class Mean(Stage):
             coefficients = _require_positive_weight(state)
             updates: list = [u.weights for u in state.updates]
             if state.scales is not None and (state.scales < 1.0).any():
-                c = coefficients / coefficients.sum() * state.scales
+                c = normalise_weights(coefficients, len(coefficients)) * state.scales
                 updates.append(state.global_weights)
                 coefficients = np.append(c, max(0.0, 1.0 - c.sum()))
             result = weighted_mean(updates, coefficients)
@@ -166,3 +175,95 @@ class CenteredClip(Stage):
             step = [self.momentum * old + (1 - self.momentum) * new for old, new in zip(last, step)]
         state.aggregate = aggregate
         return {"step": step}
+
+
+class Bulyan(Stage):
+    """Bulyan (El Mhamdi, Guerraoui, Rouault 2018, https://arxiv.org/abs/1802.07927):
+    Krum selects ``n - 2f`` updates, then per coordinate the mean of the ``n - 4f``
+    selected values closest to their median (:func:`~fedloom.aggregation.bulyan.bulyan`).
+
+    Args:
+        num_byzantine: ``f``, the Byzantine updates to tolerate among those that reach
+            this stage (after any filter or bucketing: with buckets, bad groups).
+        selection: ``"recursive"`` (the paper's; Flower's legacy ``Bulyan``) or
+            ``"multi_krum"`` (one Multi-Krum pass, as Flower's Message-API ``Bulyan``).
+
+    Needs ``n >= 4f + 3`` updates: with fewer the round is skipped
+    (:class:`~fedloom.errors.InsufficientUpdates`, saying how many were needed). The
+    updates the selection leaves out are rejected with reason ``bulyan`` (so the round's
+    clients and averaged metrics are the selected ones, as in Flower). Every
+    update counts the same (data size is ignored, as in the paper and in Flower), so a
+    client's reported ``num_examples`` cannot buy it influence. No state.
+    """
+
+    kind = "reducer"
+    may_reject = True  # NaN/Inf updates
+
+    def __init__(self, num_byzantine: int = 1, *, selection: str = "recursive") -> None:
+        if isinstance(num_byzantine, bool) or not isinstance(num_byzantine, int) or num_byzantine < 0:
+            raise ConfigError(f"Bulyan needs an integer num_byzantine >= 0; got {num_byzantine!r}.")
+        if selection not in SELECTIONS:
+            raise ConfigError(f"Bulyan selection must be one of {SELECTIONS}; got {selection!r}.")
+        self.num_byzantine = num_byzantine
+        self.selection = selection
+
+    def update(self, state: RoundState, stage_state: Any = None) -> None:
+        state.require_finite()
+        needed = 4 * self.num_byzantine + 3
+        if len(state.updates) < needed:
+            raise InsufficientUpdates(
+                f"round {state.server_round}: Bulyan with num_byzantine={self.num_byzantine} "
+                f"needs at least {needed} valid updates (n >= 4f + 3); {len(state.updates)} "
+                "reached it. Lower num_byzantine, use fewer/smaller buckets or sample more clients.")
+        updates = state.effective_updates()
+        selected = bulyan_selection(pairwise_squared_distances(updates), self.num_byzantine,
+                                    self.selection)
+        mask = np.zeros(len(updates), dtype=bool)
+        mask[selected] = True
+        state.keep(mask, "bulyan", [f"not among the {len(selected)} updates Bulyan's "
+                                    f"{self.selection} Krum selected"] * len(updates))
+        state.aggregate = bulyan_aggregate([updates[i] for i in selected], self.num_byzantine)
+        return None
+
+
+class GeometricMedian(Stage):
+    """Weighted geometric median by smoothed Weiszfeld iterations (RFA: Pillutla, Kakade,
+    Harchaoui 2022, https://arxiv.org/abs/1912.13445;
+    :func:`~fedloom.aggregation.geometric_median.geometric_median`).
+
+    Minimises ``sum_k c_k ||z - u_k||`` with the weighting stage's coefficients ``c_k``
+    (uniform without one): less than half of the total weight cannot move it
+    arbitrarily far, so the weights must be ones an attacker cannot inflate
+    (``WeightBy(..., cap=...)``). Under non-IID data, bucketing first (``Bucket(2)``)
+    keeps honest clients' differences from reading as attacks (Karimireddy, He, Jaggi
+    2022, https://arxiv.org/abs/2006.09365).
+
+    Args:
+        max_iterations: Weiszfeld steps at most (>= 1).
+        ftol: stop once the objective changes by less than this fraction of itself.
+        nu: smoothing, in L2 distance units (> 0).
+
+    No state.
+    """
+
+    kind = "reducer"
+    may_reject = True  # NaN/Inf updates
+    uses_weights = True
+
+    def __init__(self, max_iterations: int = 100, *, ftol: float = 1e-10, nu: float = 1e-6) -> None:
+        if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1 \
+                or not nu > 0 or not ftol >= 0:
+            raise ConfigError(
+                f"GeometricMedian needs an integer max_iterations >= 1, nu > 0 and ftol >= 0; got "
+                f"max_iterations={max_iterations!r}, nu={nu}, ftol={ftol}.")
+        self.max_iterations = max_iterations
+        self.ftol = ftol
+        self.nu = nu
+
+    def update(self, state: RoundState, stage_state: Any = None) -> None:
+        state.require_finite()
+        weights = _require_positive_weight(state)
+        state.aggregate = geometric_median(
+            state.effective_updates(), weights, max_iterations=self.max_iterations,
+            ftol=self.ftol, nu=self.nu).median
+        return None

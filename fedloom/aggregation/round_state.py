@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedloom.aggregation.checks import check_finite
+from fedloom.aggregation.checks import check_finite, normalise_weights
 from fedloom.aggregation.robust import clip_to_norm, update_norms
 from fedloom.errors import UpdateRejected
 
@@ -110,7 +110,8 @@ class RoundState:
         for update, coefficient in zip(self.updates, coefficients):
             members = self.members(update)
             sizes = np.array([n for _, n in members], dtype=np.float64)
-            split = sizes / sizes.sum() if sizes.sum() > 0 else np.full(len(members), 1 / len(members))
+            split = (normalise_weights(sizes, len(sizes)) if (sizes > 0).any()
+                     else np.full(len(members), 1 / len(members)))
             ids += [client_id for client_id, _ in members]
             shares += list(coefficient * split)
         return ids, np.asarray(shares, dtype=np.float64)

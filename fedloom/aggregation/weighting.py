@@ -116,9 +116,12 @@ class WeightBy(Stage):
         quality_kind: ``"accuracy"`` (higher is better, in [0, 1]) or ``"loss"``
             (lower is better, mapped to ``1 / (1 + loss)``); see the module docstring.
         floor: minimum quality weight in ``[0, 1]`` so a valid client never gets 0.
-        cap: ``None`` (trust the reports), or each weight capped at ``cap`` times the
-            round's median weight (:func:`~fedloom.aggregation.weight_cap.cap_weights`,
-            ``>= 1``), so a client lying about ``num_examples`` or quality gains little.
+        cap: ``None`` (trust every reported weight) or a multiple ``>= 1``: each
+            weight is capped at ``cap`` times the round's median positive weight
+            (:func:`~fedloom.aggregation.weight_cap.cap_weights`), so a client
+            reporting ``num_examples=1e9`` or ``quality=1.0`` weighs at most ``cap``
+            times a typical client. The robust hybrids and the quality weightings of
+            :mod:`fedloom.strategies.methods` turn it on (3) by default.
 
     Updates missing the quality metric are rejected with reason ``missing_metric``
     (so a quality weighting *may reject*). Reads only what the clients reported (never
@@ -136,11 +139,10 @@ class WeightBy(Stage):
         floor: float = DEFAULT_QUALITY_FLOOR,
         cap: float | None = None,
     ) -> None:
-        if cap is not None and not (is_number(cap) and cap >= 1):
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap >= 1):
             raise ConfigError(
-                f"weight cap must be a multiple of the median >= 1 (the round's median "
-                f"weight), or None; got cap={cap!r}.")
-        self.cap = cap
+                f"weight cap must be a multiple >= 1 of the round's median weight, or None "
+                f"(no cap); got cap={cap!r}.")
         if not callable(by) and by not in WEIGHT_BY_CHOICES:
             raise ConfigError(
                 f"weight_by must be one of {WEIGHT_BY_CHOICES} or a callable; got {by!r}."
@@ -153,6 +155,7 @@ class WeightBy(Stage):
         self.quality_key = quality_key
         self.quality_kind = quality_kind
         self.floor = floor
+        self.cap = None if cap is None else float(cap)
 
     @property
     def may_reject(self) -> bool:  # type: ignore[override]
@@ -187,5 +190,7 @@ class WeightBy(Stage):
                 weights = quality_weights(quality, self.quality_kind, self.floor)
             else:
                 weights = size_quality_weights(sizes, quality, self.quality_kind, self.floor)
-        state.coefficients = weights if self.cap is None else cap_weights(weights, self.cap)
+        if self.cap is not None:
+            weights = cap_weights(weights, self.cap)
+        state.coefficients = weights
         return None

@@ -17,11 +17,14 @@ from collections.abc import Callable
 from typing import Any
 
 from fedloom.aggregation import (
+    AdaptiveServerStep,
     Bucket,
+    Bulyan,
     CenteredClip,
     ClientUpdate,
     ClipNorm,
     CoordinateMedian,
+    GeometricMedian,
     KrumSelect,
     Mean,
     Pipeline,
@@ -31,6 +34,9 @@ from fedloom.aggregation import (
     TrimmedMean,
     WeightBy,
 )
+from fedloom.aggregation.server_step import ADAPTIVE_OPTIMIZERS
+from fedloom.aggregation.stages import Stage
+from fedloom.aggregation.weight_cap import DEFAULT_CAP_MULTIPLE
 from fedloom.aggregation.weighting import DEFAULT_QUALITY_FLOOR
 from fedloom.errors import ConfigError
 
@@ -42,11 +48,45 @@ __all__ = [
     "robust_weighted",
     "warmup_then_fedavg",
     "ROBUST_REDUCERS",
+    "SERVER_OPTIMIZERS",
+    "server_step",
     "strategy_init",
     "strategy_factory",
 ]
 
-ROBUST_REDUCERS = ("trimmed_mean", "median", "krum", "centered_clip")
+ROBUST_REDUCERS = ("trimmed_mean", "median", "krum", "centered_clip", "bulyan", "geometric_median")
+#: ``server_optimizer`` choices: FedAvg(M)'s SGD step, or an adaptive one (Reddi et al. 2021).
+SERVER_OPTIMIZERS = ("sgd", *ADAPTIVE_OPTIMIZERS)
+
+
+def server_step(
+    optimizer: str = "sgd",
+    learning_rate: float | None = None,
+    momentum: float = 0.0,
+    beta_1: float | None = None,
+    beta_2: float | None = None,
+    tau: float | None = None,
+) -> Stage:
+    """The server-step stage for ``optimizer``: :class:`~fedloom.aggregation.ServerStep`
+    (``"sgd"``: learning rate, default 1, and momentum; FedAvgM) or
+    :class:`~fedloom.aggregation.AdaptiveServerStep` (``"adam"``, ``"yogi"``,
+    ``"adagrad"``: ``learning_rate`` is Reddi et al.'s ``eta``; ``None`` for any of
+    ``learning_rate``, ``beta_1``, ``beta_2``, ``tau`` takes the default of Flower's
+    Message-API ``FedAdam`` / ``FedYogi`` / ``FedAdagrad``)."""
+    if optimizer not in SERVER_OPTIMIZERS:
+        raise ConfigError(f"server_optimizer must be one of {SERVER_OPTIMIZERS}; got {optimizer!r}.")
+    if optimizer == "sgd":
+        if (beta_1, beta_2, tau) != (None, None, None):
+            raise ConfigError(
+                "server_beta_1, server_beta_2 and server_tau belong to the adaptive server "
+                f"optimizers {ADAPTIVE_OPTIMIZERS}; with server_optimizer='sgd' leave them null "
+                "(use server_momentum for SGD momentum).")
+        return ServerStep(1.0 if learning_rate is None else learning_rate, momentum)
+    if momentum != 0.0:
+        raise ConfigError(
+            f"server_momentum={momentum} is SGD's momentum; with server_optimizer={optimizer!r} "
+            "set server_beta_1 instead (and server_momentum to 0).")
+    return AdaptiveServerStep(optimizer, eta=learning_rate, beta_1=beta_1, beta_2=beta_2, tau=tau)
 
 
 def simple_average() -> Pipeline:
@@ -60,6 +100,7 @@ def weighted_average(
     quality_key: str = "quality",
     quality_kind: str = "accuracy",
     quality_floor: float = DEFAULT_QUALITY_FLOOR,
+    weight_cap: float | str | None = "auto",
 ) -> Pipeline:
     """Weighted average by data size, by model quality, by both, or by a callable:
     ``sum_k w_k u_k / sum_k w_k``.
@@ -72,9 +113,18 @@ def weighted_average(
         quality_kind: ``"accuracy"`` (higher is better) or ``"loss"`` (lower is better,
             mapped to ``1 / (1 + loss)``).
         quality_floor: least quality weight, so a valid client never weighs 0.
+        weight_cap: cap each weight at this multiple of the round's median weight
+            (``None``: no cap; :func:`~fedloom.aggregation.weight_cap.cap_weights`).
+            ``"auto"`` (the default) caps at 3 when the weights read a quality the client
+            reports about itself (``"quality"``, ``"num_examples*quality"``), since
+            claiming accuracy 1.0 would otherwise buy up to ``1 / quality_floor`` times
+            a poor client's weight; plain ``num_examples`` weighting stays uncapped
+            (FedAvg, as Flower computes it).
     """
+    if weight_cap == "auto":
+        weight_cap = DEFAULT_CAP_MULTIPLE if weight_by in ("quality", "num_examples*quality") else None
     weighting = WeightBy(weight_by, quality_key=quality_key, quality_kind=quality_kind,
-                         floor=quality_floor)
+                         floor=quality_floor, cap=weight_cap)
     label = weight_by if isinstance(weight_by, str) else getattr(weight_by, "__name__", "callable")
     return Pipeline(weighting, Mean(), name=f"weighted average ({label})")
 
@@ -83,25 +133,38 @@ def federated_averaging(
     *,
     local_epochs: int = 1,
     batch_size: int = 10,
-    server_learning_rate: float = 1.0,
+    server_learning_rate: float | None = None,
     server_momentum: float = 0.0,
     proximal_mu: float = 0.0,
+    server_optimizer: str = "sgd",
+    server_beta_1: float | None = None,
+    server_beta_2: float | None = None,
+    server_tau: float | None = None,
 ) -> Pipeline:
-    """FedAvg (McMahan et al. 2017, https://arxiv.org/abs/1602.05629).
+    """FedAvg (McMahan et al. 2017, https://arxiv.org/abs/1602.05629), and FedOpt.
 
     Clients run ``local_epochs`` (E) epochs of minibatch SGD with ``batch_size`` (B);
     the server takes the ``num_examples``-weighted mean and, optionally, a server step
-    with learning rate and momentum (FedAvgM, Hsu et al. 2019).
+    with learning rate and momentum (FedAvgM, Hsu et al. 2019) or an adaptive server
+    optimiser: FedAdam, FedYogi, FedAdagrad (Reddi et al. 2021, "Adaptive Federated
+    Optimization", https://arxiv.org/abs/2003.00295), as Flower's classes of those names.
 
     Args:
         local_epochs: E, sent to clients as ``local-epochs`` in the train config.
         batch_size: B, sent as ``batch-size``.
-        server_learning_rate: 1.0 is the plain weighted model average.
-        server_momentum: FedAvgM momentum on the pseudo-gradient (0 disables it).
+        server_learning_rate: the server's step size; ``None``: 1.0 for SGD (the plain
+            weighted model average), Flower's ``eta`` for an adaptive optimiser (0.1
+            for Adam and Adagrad, 0.01 for Yogi).
+        server_momentum: FedAvgM momentum on the pseudo-gradient (0 disables it; SGD only).
         proximal_mu: FedProx's proximal term ``mu/2 ||w - w_global||^2`` added to each
             client's local loss (Li et al. 2020, https://arxiv.org/abs/1812.06127), sent
             to clients as ``proximal-mu`` (the key Flower's ``FedProx`` sends); 0 is
             plain FedAvg and sends nothing.
+        server_optimizer: ``"sgd"`` (FedAvg / FedAvgM), ``"adam"``, ``"yogi"`` or
+            ``"adagrad"``; the moments are stage state, saved in checkpoints.
+        server_beta_1, server_beta_2, server_tau: the adaptive optimiser's moment decays
+            and adaptivity (``None``: Flower's Message-API defaults 0.9, 0.99, 1e-3;
+            Adagrad's ``beta_1`` is 0).
 
     The client fraction C is the strategy's ``fraction_train`` (Message API) or
     ``fraction_fit`` (legacy).
@@ -117,24 +180,31 @@ def federated_averaging(
     client_config: dict[str, Any] = {"local-epochs": int(local_epochs), "batch-size": int(batch_size)}
     if proximal_mu > 0:
         client_config["proximal-mu"] = float(proximal_mu)
+    name = "federated averaging" if proximal_mu == 0 else "federated averaging (proximal)"
+    if server_optimizer != "sgd":
+        name += f" with server {server_optimizer}"
     return Pipeline(
         WeightBy("num_examples"),
         Mean(),
-        ServerStep(server_learning_rate, server_momentum),
+        server_step(server_optimizer, server_learning_rate, server_momentum,
+                    server_beta_1, server_beta_2, server_tau),
         client_config=client_config,
-        name="federated averaging" if proximal_mu == 0 else "federated averaging (proximal)",
+        name=name,
     )
 
 
 def size_quality(
     *, quality_key: str = "quality", quality_kind: str = "accuracy",
     quality_floor: float = DEFAULT_QUALITY_FLOOR,
+    weight_cap: float | None = DEFAULT_CAP_MULTIPLE,
 ) -> Pipeline:
-    """Hybrid: weight by ``num_examples * max(quality score, quality_floor)`` (arguments as
-    in :func:`weighted_average`)."""
+    """Hybrid: weight by ``num_examples * max(quality score, quality_floor)``, each weight
+    capped at ``weight_cap`` (default 3) times the round's median weight, since both
+    factors are the client's own claims (arguments as in :func:`weighted_average`;
+    ``weight_cap=None`` trusts them)."""
     pipeline = weighted_average(
         "num_examples*quality", quality_key=quality_key, quality_kind=quality_kind,
-        quality_floor=quality_floor,
+        quality_floor=quality_floor, weight_cap=weight_cap,
     )
     pipeline.name = "size x quality"
     return pipeline
@@ -147,26 +217,46 @@ def robust_weighted(
     num_byzantine: int = 1,
     num_selected: int | None = None,
     weight_by: str = "num_examples",
+    weight_cap: float | None = DEFAULT_CAP_MULTIPLE,
     max_norm_ratio: float | None = 2.5,
     norm_window: int = 5,
     clip_median_multiple: float | None = None,
     bucket_size: int = 1,
     clip_radius: float = 1.0,
+    bulyan_selection: str = "recursive",
+    server_optimizer: str = "sgd",
+    server_learning_rate: float | None = None,
+    server_beta_1: float | None = None,
+    server_beta_2: float | None = None,
+    server_tau: float | None = None,
 ) -> Pipeline:
-    """Hybrid: robust filtering, then weighting.
+    """Hybrid: robust filtering, then weighting, then (optionally) a server optimiser.
 
     Args:
         robust: ``"trimmed_mean"`` (per coordinate drop ``floor(beta*K)`` values at each
             end, average the rest weighted by ``weight_by``), ``"krum"`` (keep the
             ``num_selected`` Multi-Krum updates, default ``K - num_byzantine``, then the
-            weighted mean), ``"median"`` (coordinate-wise median, unweighted), or
+            weighted mean), ``"median"`` (coordinate-wise median, unweighted),
             ``"centered_clip"`` (centred clipping around the last round's step with
             radius ``clip_radius`` times the round's median distance from it, weighted
-            by ``weight_by``; :class:`~fedloom.aggregation.CenteredClip`).
+            by ``weight_by``; :class:`~fedloom.aggregation.CenteredClip`), ``"bulyan"``
+            (:class:`~fedloom.aggregation.Bulyan` tolerating ``num_byzantine`` among the
+            updates that reach it, unweighted; needs ``K >= 4 num_byzantine + 3``, else
+            the round is skipped with that reason) or ``"geometric_median"`` (the
+            weighted geometric median, :class:`~fedloom.aggregation.GeometricMedian`).
             Krum counts the updates the filter already rejected against
             ``num_byzantine`` (:class:`~fedloom.aggregation.KrumSelect`
             ``count_rejected``): ``num_byzantine`` is the number of attackers expected
             among the updates that arrive in a round.
+        weight_by: what the weighted rules (trimmed mean, Krum's mean, centred clipping,
+            geometric median) weigh by; the median and Bulyan weigh every update the same.
+        weight_cap: each weight is capped at this multiple of the round's median weight
+            (default 3; ``None`` trusts the reports): a client reporting
+            ``num_examples=1e9`` or ``quality=1.0`` then weighs at most 3 typical
+            clients, so the weighted rules' bounds (centred clipping's "at most its
+            weight times the radius") hold with lying clients
+            (:func:`~fedloom.aggregation.weight_cap.cap_weights`). Honest clients with
+            more than 3x the median data count as 3x.
         max_norm_ratio: first reject updates whose distance from the model exceeds this
             multiple of the reference distance (``None`` to skip): the median of the
             per-round median distances of the last ``norm_window`` rounds
@@ -178,12 +268,21 @@ def robust_weighted(
             a typical one in whatever the robust rule lets through.
         bucket_size: then average random groups of this many updates before the robust
             rule (:class:`~fedloom.aggregation.Bucket`, Karimireddy et al. 2022; 1: no
-            groups). Groups differ less than non-IID clients do, so the coordinate-wise
-            rules discard less honest signal: ``conf/strategy/robust_trimmed.yaml`` and
-            ``robust_median.yaml`` use 2. With Krum, ``num_byzantine`` then counts bad
-            groups and needs ``ceil(K / bucket_size) >= num_byzantine + 3``.
+            groups). Groups differ less than non-IID clients do, so the robust rules
+            discard less honest signal: ``conf/strategy/robust_trimmed.yaml``,
+            ``robust_median.yaml`` and ``robust_geomed.yaml`` use 2. With Krum and
+            Bulyan, ``num_byzantine`` then counts bad groups (Krum needs
+            ``ceil(K / bucket_size) >= num_byzantine + 3``).
         clip_radius: with ``robust="centered_clip"``, the clipping radius as a multiple
             of the round's median distance of the updates from the centre.
+        bulyan_selection: with ``robust="bulyan"``, ``"recursive"`` (the paper's Krum
+            applied ``n - 2f`` times; Flower's legacy ``Bulyan``) or ``"multi_krum"`` (one
+            Multi-Krum pass; Flower's Message-API ``Bulyan``). They select different sets.
+        server_optimizer, server_learning_rate, server_beta_1, server_beta_2, server_tau:
+            the server step after the robust rule, as in :func:`federated_averaging`
+            (``"sgd"`` with the default learning rate: the new model is the robust
+            aggregate; ``"adam"``: e.g. ``conf/strategy/robust_trimmed_adam.yaml``, a
+            hybrid Flower's classes cannot express).
     """
     if robust not in ROBUST_REDUCERS:
         raise ConfigError(f"robust must be one of {ROBUST_REDUCERS}; got robust={robust!r}.")
@@ -192,16 +291,28 @@ def robust_weighted(
         stages.append(ClipNorm(median_multiple=clip_median_multiple))
     if bucket_size != 1:
         stages.append(Bucket(bucket_size))
+    weighting = WeightBy(weight_by, cap=weight_cap)
     if robust == "krum":
         krum = KrumSelect(num_byzantine, num_selected, count_rejected=True)
-        stages += [krum, WeightBy(weight_by), Mean()]
+        stages += [krum, weighting, Mean()]
     elif robust == "trimmed_mean":
-        stages += [WeightBy(weight_by), TrimmedMean(beta, weighted=True)]
+        stages += [weighting, TrimmedMean(beta, weighted=True)]
     elif robust == "centered_clip":
-        stages += [WeightBy(weight_by), CenteredClip(clip_radius)]
+        stages += [weighting, CenteredClip(clip_radius)]
+    elif robust == "geometric_median":
+        stages += [weighting, GeometricMedian()]
+    elif robust == "bulyan":
+        stages += [Bulyan(num_byzantine, selection=bulyan_selection)]
     else:
         stages += [CoordinateMedian()]
-    return Pipeline(*stages, name=f"robust ({robust}) then {weight_by}")
+    weighted = robust not in ("median", "bulyan")  # those two weigh every update the same
+    name = f"robust ({robust}) then {weight_by}" if weighted else f"robust ({robust})"
+    step = server_step(server_optimizer, server_learning_rate, 0.0,
+                       server_beta_1, server_beta_2, server_tau)
+    if not (isinstance(step, ServerStep) and step.is_identity):
+        stages.append(step)
+        name += f" with server {server_optimizer}"
+    return Pipeline(*stages, name=name)
 
 
 def warmup_then_fedavg(

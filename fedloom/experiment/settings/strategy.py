@@ -37,6 +37,13 @@ def check_strategy(strategy: Mapping[str, Any], per_round: int) -> None:
             f"strategy.num_byzantine={byzantine} needs {needed} for Krum; "
             f"clients_per_round={per_round}."
         )
+    if strategy.get("robust") == "bulyan" and isinstance(byzantine, int) and groups < 4 * byzantine + 3:
+        raise ConfigError(
+            f"strategy.num_byzantine={byzantine} needs {4 * byzantine + 3} updates for Bulyan "
+            f"(n >= 4f + 3) and clients_per_round={per_round} gives {groups}"
+            + (f" groups of strategy.bucket_size={bucket}" if bucket > 1 else "")
+            + ". Lower num_byzantine or sample more clients."
+        )
 
 
 def _trimmed_mean(beta: float, per_round: int, bucket: int, groups: int) -> None:
