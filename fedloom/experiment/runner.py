@@ -10,6 +10,10 @@ Every ``checkpoint_every`` rounds (and after the last) the server state is writt
 run directory from it, with the run's own config, and ends with the same weights as an
 uninterrupted run (bit for bit on the local engine). Every run writes its final global
 model to ``final_weights.npz``.
+
+With an ``early_stop`` rule (:class:`fedloom.early_stopping.EarlyStop`) the run ends after
+the round that meets it; that round is checkpointed and its history record says why
+(``stopped_early``), and resuming such a run runs nothing more.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class Experiment:
     server_strategy: Any = None  # what runs the rounds: ``strategy`` or a DP wrapper of it
     accountant: Any = None  # fedloom.privacy.PrivacyAccountant of a DP run
     checkpoint: dict[str, Any] | None = None  # a loaded checkpoint to continue from
+    stop_reason: str | None = None  # why the run stopped before num_rounds (early_stop)
 
     def start(self, grid) -> list[dict[str, Any]]:
         """Run the rounds on ``grid`` (any ``flwr.serverapp.Grid``), from round 1 or from
@@ -53,6 +58,9 @@ class Experiment:
         first_round, arrays = 1, self.initial_arrays
         if self.checkpoint is not None:
             first_round, arrays = self._restore(self.checkpoint)
+            self.stop_reason = (self.history.records or [{}])[-1].get("stopped_early")
+            if self.stop_reason:  # it had stopped early: nothing more to run
+                first_round = int(self.cfg["num_rounds"]) + 1
         self.history.restart_clock()
         result = run_rounds(
             self.server_strategy or self.strategy,
@@ -64,6 +72,7 @@ class Experiment:
             train_config=setup.train_config(self.cfg),
             evaluate_fn=self.evaluate_fn,
             on_round_end=self._round_end,
+            should_stop=lambda server_round, result: self.stop_reason is not None,
         )
         save_weights(self.output_dir / FINAL_WEIGHTS_FILE, list(result.arrays.keys()),
                      arrayrecord_views(result.arrays))
@@ -74,8 +83,16 @@ class Experiment:
         return self.history.records
 
     def _round_end(self, server_round: int, arrays, result) -> None:
+        from fedloom.early_stopping import EarlyStop
+
+        rule = EarlyStop.from_config(self.cfg.get("early_stop"))
+        if rule is not None:
+            self.stop_reason = rule.reason([(int(r["round"]), float(r["accuracy"]))
+                                            for r in self.history.records])
+            if self.stop_reason:
+                self.history.mark_stopped(self.stop_reason)
         every = int(self.cfg.get("checkpoint_every", 0) or 0)
-        last = server_round == int(self.cfg["num_rounds"])
+        last = server_round == int(self.cfg["num_rounds"]) or self.stop_reason is not None
         if every and (server_round % every == 0 or last):
             self.save_checkpoint(server_round, arrays)
 

@@ -34,6 +34,8 @@ TOP_LEVEL_KEYS = {
     "learning_rate", "val_fraction", "seed", "min_valid_updates", "round_timeout", "plot",
     # reliability and security (fedloom.faults, fedloom.attacks, fedloom.privacy, checkpoints)
     "faults", "attack", "dp", "fraction_train", "absurd_norm_ratio", "checkpoint_every", "resume",
+    # when to stop (fedloom.early_stopping) and how much the terminal shows
+    "early_stop", "verbose",
 }
 
 
@@ -114,6 +116,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
 
     make_codec(compression.pop("method", "none"), **compression)
     _reliability(cfg, num_clients, per_round)
+    _early_stop_and_output(cfg)
     strategy = cfg.get("strategy") or {}
     if "_target_" not in strategy:
         raise ConfigError(
@@ -207,6 +210,19 @@ def _reliability(cfg: Mapping[str, Any], num_clients: int, per_round: int) -> No
             "wrappers clip the arrays of each reply, which compression has re-encoded. "
             "Use compression=none with DP."
         )
+
+
+def _early_stop_and_output(cfg: Mapping[str, Any]) -> None:
+    """The ``early_stop`` section (:class:`fedloom.early_stopping.EarlyStop`) and ``verbose``."""
+    from fedloom.early_stopping import EarlyStop
+
+    try:
+        EarlyStop.from_config(cfg.get("early_stop"))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+    verbose = cfg.get("verbose", False)
+    if not isinstance(verbose, bool):
+        raise ConfigError(f"verbose={verbose!r} is not allowed: use verbose=true or verbose=false.")
 
 
 def check_overrides(overrides: Sequence[str], conf_dir: str | Path) -> None:
