@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
+# TensorFlow takes all GPU memory by default; grow it as needed instead (several clients
+# or Ray workers can then share a GPU). TF_FORCE_GPU_ALLOW_GROWTH=false turns this off.
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402

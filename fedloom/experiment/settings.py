@@ -9,6 +9,7 @@ refuses command-line keys and group options that the config tree lacks before Hy
 from __future__ import annotations
 
 import difflib
+import importlib.metadata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,11 @@ def validate(cfg: Mapping[str, Any]) -> None:
     engine = (cfg.get("engine") or {}).get("name")
     if engine not in ENGINES:
         raise ConfigError(f"engine={engine!r} is not allowed: use engine=local or engine=flower.")
+    if engine == "flower" and not _installed("ray"):
+        raise ConfigError(
+            "engine=flower needs Ray, which is not installed: pip install 'fedloom[ray]' "
+            "(Flower's simulation extra), or use engine=local."
+        )
     compression = dict(cfg.get("compression") or {"method": "none"})
     from fedloom.compression import make_codec  # checks method and options
 
@@ -179,6 +185,14 @@ def _robust_settings(strategy: Mapping[str, Any]) -> None:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def _is_int(value: Any) -> bool:
