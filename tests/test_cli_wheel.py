@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -26,9 +27,16 @@ def installed(tmp_path_factory) -> Path:
     """A fresh venv with fedloom's wheel installed (without dependencies: they come from
     this interpreter's site-packages through a .pth, so TensorFlow is not reinstalled)."""
     base = tmp_path_factory.mktemp("wheel")
+    source = base / "source"  # a copy: building writes build/ and *.egg-info beside the sources
+    source.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
+        if (ROOT / name).exists():
+            shutil.copy2(ROOT / name, source / name)
+    for folder in ("fedloom", "conf"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(base / "dist"), str(ROOT)],
+         "-w", str(base / "dist"), str(source)],
         capture_output=True, text=True, timeout=300, cwd=base)
     assert built.returncode == 0, built.stderr[-3000:]
     wheel = next((base / "dist").glob("fedloom-*.whl"))
