@@ -11,14 +11,23 @@ the strategy that runs is not always a fedloom class. Flower's DP wrappers
 strategies inherit ``Strategy.start`` unchanged, so an override on fedloom's class
 would not reach them. :func:`run_rounds` drives *any* Message-API strategy through its
 public methods (``configure_train``, ``aggregate_train``, ``configure_evaluate``,
-``aggregate_evaluate``) in exactly the order and with exactly the arguments of Flower
-1.42's ``Strategy.start``, so with ``first_round=1`` it gives the same global model as
-``start`` (tested bit for bit on the local engine), and a strategy needs no change to
-be resumable beyond exposing its state (``FedloomStrategy.state_dict``).
+``aggregate_evaluate``) in exactly the order and with exactly the arguments of Flower's
+``Strategy.start`` (1.42 and 1.43 run the same loop), so with ``first_round=1`` it gives
+the same global model as ``start`` (tested bit for bit on the local engine), and a
+strategy needs no change to be resumable beyond exposing its state
+(``FedloomStrategy.state_dict``).
+
+Early stopping follows Flower 1.43's ``start(..., should_stop=...)``: ``should_stop(round,
+result)`` is called after each round (after its central evaluation and
+``on_round_end``) and ends the loop when it returns ``True``; ``result`` is built as
+``Result(arrays=initial_arrays)`` and its ``arrays`` kept current, as 1.43 does, so the
+callable sees the model of the round. It works the same on Flower 1.42, whose ``start``
+has no such argument (see :func:`start_accepts_should_stop`).
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from logging import INFO
@@ -28,13 +37,22 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore import log
 
-__all__ = ["run_rounds", "RoundEnd"]
+__all__ = ["run_rounds", "RoundEnd", "ShouldStop", "start_accepts_should_stop"]
 
 #: ``on_round_end(server_round, arrays, result)``: called after each completed round,
 #: once the global model of that round (``arrays``) is final and evaluated (its
 #: ``evaluate_fn`` metrics are in ``result.evaluate_metrics_serverapp[server_round]``),
 #: and, on a fresh run, as round 0 after the initial model was evaluated.
 RoundEnd = Callable[[int, ArrayRecord, Result], None]
+
+#: ``should_stop(server_round, result) -> bool``: Flower 1.43's early-stopping predicate.
+ShouldStop = Callable[[int, Result], bool]
+
+
+def start_accepts_should_stop(strategy: Strategy) -> bool:
+    """Whether ``strategy.start`` takes Flower 1.43's ``should_stop`` argument (checked on
+    the signature, so a strategy that overrides ``start`` answers for itself)."""
+    return "should_stop" in inspect.signature(strategy.start).parameters
 
 
 def run_rounds(
@@ -49,6 +67,7 @@ def run_rounds(
     evaluate_config: ConfigRecord | None = None,
     evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
     on_round_end: RoundEnd | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> Result:
     """Run rounds ``first_round..num_rounds`` of ``strategy`` on ``grid``.
 
@@ -63,10 +82,13 @@ def run_rounds(
         timeout, train_config, evaluate_config, evaluate_fn: as in ``Strategy.start``.
         on_round_end: called after every completed round, and after the initial
             evaluation as round 0 (see :data:`RoundEnd`).
+        should_stop: called after ``on_round_end``; ``True`` ends the run after that
+            round (Flower 1.43's early stopping, see :data:`ShouldStop`).
 
     Returns:
         Flower's ``Result`` of the rounds run here; ``result.arrays`` is always the
-        final global model (also when the last rounds were skipped).
+        final global model (also when the last rounds were skipped or the run stopped
+        early).
     """
     if not 1 <= first_round <= num_rounds + 1:
         raise ValueError(
@@ -78,7 +100,7 @@ def run_rounds(
     strategy.summary()
     train_config = ConfigRecord() if train_config is None else train_config
     evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
-    result = Result()
+    result = Result(arrays=initial_arrays)
     started = time.time()
     if evaluate_fn and first_round == 1:
         metrics = evaluate_fn(0, initial_arrays)
@@ -87,7 +109,9 @@ def run_rounds(
         if on_round_end is not None:
             on_round_end(0, initial_arrays, result)
     arrays = initial_arrays
+    last_round = first_round - 1
     for current_round in range(first_round, num_rounds + 1):
+        last_round = current_round
         log(INFO, "")
         log(INFO, "[ROUND %s/%s]", current_round, num_rounds)
         train_replies = grid.send_and_receive(
@@ -97,6 +121,7 @@ def run_rounds(
         aggregated, train_metrics = strategy.aggregate_train(current_round, train_replies)
         if aggregated is not None:
             arrays = aggregated
+            result.arrays = arrays
         if train_metrics is not None:
             result.train_metrics_clientapp[current_round] = train_metrics
         evaluate_replies = grid.send_and_receive(
@@ -112,6 +137,9 @@ def run_rounds(
                 result.evaluate_metrics_serverapp[current_round] = metrics
         if on_round_end is not None:
             on_round_end(current_round, arrays, result)
+        if should_stop is not None and should_stop(current_round, result):
+            log(INFO, "Stopping early after round %s", current_round)
+            break
     result.arrays = arrays
-    log(INFO, "Rounds %d..%d finished in %.2fs", first_round, num_rounds, time.time() - started)
+    log(INFO, "Rounds %d..%d finished in %.2fs", first_round, last_round, time.time() - started)
     return result

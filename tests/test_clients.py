@@ -102,7 +102,7 @@ def test_model_config_errors() -> None:
         build_model("resnet", (64,), 10)
     with pytest.raises(ConfigError, match="hidden"):
         build_model("logreg", (64,), 10, hidden=(3,))
-    assert set(MODEL_NAMES) == {"logreg", "mlp", "cnn", "mcmahan_2nn", "mcmahan_cnn"}
+    assert set(MODEL_NAMES) == {"logreg", "mlp", "cnn", "mcmahan_2nn", "mcmahan_cnn", "char_lstm", "mcmahan_lstm"}
 
 
 def test_get_trainer_caches_per_spec(trainer: KerasTrainer) -> None:

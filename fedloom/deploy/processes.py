@@ -15,7 +15,9 @@ and memory. :class:`Processes` therefore
   (exception, ``KeyboardInterrupt``, ``SystemExit`` from :func:`exit_on_signals`), and
   from an ``atexit`` hook as a last resort.
 
-Each command's stdout and stderr go to ``<log_dir>/<name>.log``.
+Each command's stdout and stderr go to ``<log_dir>/<name>.log``. The process tree is
+read with ``psutil`` (portable, and its process handles refuse to signal a process id
+that has since been reused by another process).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+import psutil
 
 __all__ = ["Processes", "descendants", "exit_on_signals"]
 
@@ -107,23 +111,15 @@ class Processes:
 
 
 def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children first), from one ``ps`` listing."""
+    """Every process below ``pid`` (children first); empty when ``pid`` is gone."""
+    return [child.pid for child in _descendant_handles(pid)]
+
+
+def _descendant_handles(pid: int) -> list[psutil.Process]:
     try:
-        listing = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid="], capture_output=True,
-                                 text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:  # gone, or not ours to read
         return []
-    children: dict[int, list[int]] = {}
-    for line in listing.splitlines():
-        fields = line.split()
-        if len(fields) == 2:
-            children.setdefault(int(fields[1]), []).append(int(fields[0]))
-    found, frontier = [], [pid]
-    while frontier:
-        below = [c for p in frontier for c in children.get(p, [])]
-        found.extend(below)
-        frontier = below
-    return found
 
 
 @contextmanager
@@ -151,23 +147,26 @@ def _stop_trees(processes: Sequence[subprocess.Popen], grace: float) -> None:
     """Stop every process of ``processes`` and their descendants together: SIGTERM (or
     SIGKILL when ``grace`` is 0) to all, then SIGKILL to what outlives ``grace`` seconds."""
     own_group = os.getpgrp()
-    trees = {process.pid: [process.pid, *descendants(process.pid)] for process in processes}
-    roots = {process.pid: process for process in processes}
+    below = [handle for process in processes for handle in _descendant_handles(process.pid)]
     groups = set()
-    for pid in (p for tree in trees.values() for p in tree):
+    for pid in [process.pid for process in processes] + [handle.pid for handle in below]:
         try:
             groups.add(os.getpgid(pid))
         except ProcessLookupError:
             pass
     groups.discard(own_group)
-    everything = [(pid, roots[root]) for root, tree in trees.items() for pid in tree]
     first = signal.SIGTERM if grace > 0 else signal.SIGKILL
-    _signal_all([pid for pid, _ in everything], groups, first)
+    _signal_all(processes, below, groups, first)
     deadline = time.monotonic() + grace
-    while grace > 0 and time.monotonic() < deadline and any(_alive(p, r) for p, r in everything):
+
+    def any_alive() -> bool:
+        return any(p.poll() is None for p in processes) or any(_alive(h) for h in below)
+
+    while grace > 0 and time.monotonic() < deadline and any_alive():
         time.sleep(0.1)
     if grace > 0:
-        _signal_all([p for p, r in everything if _alive(p, r)], groups, signal.SIGKILL)
+        _signal_all([p for p in processes if p.poll() is None], [h for h in below if _alive(h)],
+                    groups, signal.SIGKILL)
     for process in processes:
         try:
             process.wait(timeout=10)
@@ -175,29 +174,25 @@ def _stop_trees(processes: Sequence[subprocess.Popen], grace: float) -> None:
             print(f"warning: process {process.pid} survived SIGKILL", file=sys.stderr)
 
 
-def _signal_all(pids: Sequence[int], groups: set[int], signum: int) -> None:
+def _signal_all(roots: Sequence[subprocess.Popen], below: Sequence[psutil.Process],
+                groups: set[int], signum: int) -> None:
     for group in groups:
         try:
             os.killpg(group, signum)
         except (ProcessLookupError, PermissionError):
             pass
-    for pid in pids:
+    for root in roots:
+        root.send_signal(signum)  # a no-op once it has been reaped
+    for handle in below:
         try:
-            os.kill(pid, signum)
-        except (ProcessLookupError, PermissionError):
+            handle.send_signal(signum)  # refuses a pid reused by another process
+        except psutil.Error:
             pass
 
 
-def _alive(pid: int, root: subprocess.Popen) -> bool:
-    """Whether ``pid`` still runs (a zombie waiting to be reaped does not count)."""
-    if pid == root.pid:
-        return root.poll() is None
+def _alive(handle: psutil.Process) -> bool:
+    """Whether the process still runs (a zombie waiting to be reaped does not count)."""
     try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
+        return handle.is_running() and handle.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"

@@ -16,7 +16,20 @@ What it keeps from Flower's engine:
 - a ``ClientApp`` exception becomes an error reply (``ErrorCode.CLIENT_APP_RAISED_EXCEPTION``)
   and the run goes on;
 - ``send_and_receive(timeout=...)``: replies that arrive after the deadline are dropped
-  and messages not started by then get none, as with a slow client in Flower.
+  and messages not started by then get none, as with a slow client in Flower;
+- every pushed message is checked as Flower's ``InMemoryGrid`` checks it (an instruction,
+  not a reply, with a positive TTL, not yet delivered), and its TTL is honoured: a
+  message that expired before its turn is not delivered, and a reply made after the
+  message's ``created_at + ttl`` is dropped like a late reply;
+- ``set_run`` moves every node's ``Context`` to the new run (run id, run config; a
+  different run id starts with empty node state, as each Flower run does).
+
+Identity is per grid, not per process: Flower's ``Message`` constructor stamps the
+process-wide ``TaskIdentity`` (run id, source node) on every instruction, which
+Flower's runtimes set once per process. ``LocalGrid`` sets it only where nothing has
+(so strategies can build messages at all) and stamps its *own* run id and the
+SuperLink's node id on each message it accepts, so two grids in one process (e.g.
+two experiments in one test session) never send messages under each other's run.
 
 What it adds: node ids and message ids follow ``seed``, so with a seeded strategy two
 runs pick the same clients and end with bit-identical weights.
@@ -28,6 +41,8 @@ engine for those.
 
 from __future__ import annotations
 
+import copy
+import datetime
 import logging
 import random
 import time
@@ -47,7 +62,11 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
+
+try:  # Flower >= 1.42: the process-wide identity Message() stamps on instructions
+    from flwr.supercore.task_identity import TaskIdentity
+except ImportError:  # pragma: no cover - older or reorganised Flower
+    TaskIdentity = None
 
 __all__ = ["LocalGrid", "run_local"]
 
@@ -101,6 +120,7 @@ class LocalGrid(Grid):
         self._client_app = client_app
         self._run = Run.create_empty(run_id=rng.getrandbits(63))
         self._run.override_config = dict(run_config or {})
+        self._node_configs = node_configs
         node_ids: list[int] = []
         while len(node_ids) < num_nodes:  # distinct, never the SuperLink's id
             node_id = rng.getrandbits(63)
@@ -122,17 +142,26 @@ class LocalGrid(Grid):
         self.bytes_down = 0
         self.bytes_up = 0
         self.clientapp_seconds = 0.0
-        TaskIdentity.task_id = 1
-        TaskIdentity.run_id = self._run.run_id
-        TaskIdentity.node_id = SUPERLINK_NODE_ID
+        _ensure_task_identity(self._run.run_id)
 
     # ------------------------------------------------------------------ Grid API
     def set_run(self, run: Run) -> None:
+        """Run the next messages under ``run``: every node's ``Context`` takes its run id
+        and run config (``run.override_config``); node state is kept for the same run
+        id and starts empty for another, as Flower keeps one state per run and node."""
+        if not isinstance(run, Run):
+            raise TypeError(f"`run` must be an instance of flwr's Run, got {type(run).__name__}.")
+        for context in self.contexts.values():
+            if context.run_id != run.run_id:
+                context.state = RecordDict()
+            context.run_id = run.run_id
+            context.run_config = dict(run.override_config)
         self._run = run
 
     @property
     def run(self) -> Run:
-        return self._run
+        """A copy of the current run (as Flower's grids return)."""
+        return Run(**vars(self._run))
 
     def create_message(
         self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
@@ -150,21 +179,47 @@ class LocalGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for message in messages:
+            message_id = f"{self._run.run_id:x}-{self._next_id}"
+            message.metadata.__dict__["_message_id"] = message_id
+            _check_message(message)
             if message.metadata.dst_node_id not in self.contexts:
                 raise ValueError(
                     f"Message for unknown node {message.metadata.dst_node_id}; "
                     f"this LocalGrid has {len(self._node_ids)} nodes (see get_node_ids())."
                 )
-            message_id = f"{self._run.run_id:x}-{self._next_id}"
             self._next_id += 1
-            message.metadata.__dict__["_message_id"] = message_id
+            # this grid's identity, whatever the process-wide TaskIdentity says
+            message.metadata.__dict__["_run_id"] = self._run.run_id
+            message.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
             self._pending[message_id] = message
             ids.append(message_id)
         return ids
 
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Run the pending messages among ``message_ids`` (in push order), return replies."""
-        wanted = list(message_ids)
+    def pull_messages(
+        self,
+        reply_to_message_ids: Iterable[str] | None = None,
+        *,
+        message_ids: Iterable[str] | None = None,
+    ) -> Iterable[Message]:
+        """Run the pending messages among ``reply_to_message_ids`` (in push order) and
+        return their replies.
+
+        Takes both Flower signatures: 1.42's ``pull_messages(message_ids)`` and 1.43's
+        ``pull_messages(reply_to_message_ids=None, *, message_ids=None)`` (where
+        ``message_ids`` is a deprecated alias). ``None`` means no filter: every pending
+        message runs; an empty iterable matches nothing.
+        """
+        if message_ids is not None:
+            if reply_to_message_ids is not None:
+                raise TypeError(
+                    "pull_messages got both reply_to_message_ids and message_ids; they are "
+                    "the same filter (message_ids is Flower 1.42's name): pass only one."
+                )
+            reply_to_message_ids = message_ids
+        if reply_to_message_ids is None:
+            wanted = list(self._pending) + [i for i in self._replies if i not in self._pending]
+        else:
+            wanted = list(reply_to_message_ids)
         for message_id in wanted:
             if message_id in self._pending:
                 self._deliver(message_id, deadline=None)
@@ -189,12 +244,14 @@ class LocalGrid(Grid):
     def _deliver(self, message_id: str, deadline: float | None) -> None:
         message = self._pending.pop(message_id)
         node_id = message.metadata.dst_node_id
-        delivered = Message(_copy_content(message.content), node_id,
-                            message.metadata.message_type, group_id=message.metadata.group_id)
-        delivered.metadata.__dict__.update(
-            {"_message_id": message_id, "_src_node_id": message.metadata.src_node_id,
-             "_run_id": message.metadata.run_id}
-        )
+        expires_at = message.metadata.created_at + message.metadata.ttl
+        if time.time() >= expires_at:
+            LOGGER.warning("message %s to node %d expired (TTL %.1f s) before delivery; "
+                           "not delivered", message_id, node_id, message.metadata.ttl)
+            return
+        delivered = Message(content=_copy_content(message.content),
+                            metadata=copy.copy(message.metadata))
+        delivered.metadata.delivered_at = datetime.datetime.now(datetime.timezone.utc).isoformat()
         self.bytes_down += _record_bytes(message.content)
         started = time.perf_counter()
         try:
@@ -211,10 +268,47 @@ class LocalGrid(Grid):
         if deadline is not None and time.monotonic() > deadline:
             LOGGER.warning("reply from node %d arrived after the timeout; dropped", node_id)
             return
+        if time.time() > expires_at:
+            LOGGER.warning("reply from node %d arrived after the message's TTL (%.1f s); "
+                           "dropped", node_id, message.metadata.ttl)
+            return
         reply.metadata.__dict__["_message_id"] = f"{message_id}-reply"
         if reply.has_content():
             self.bytes_up += _record_bytes(reply.content)
         self._replies[message_id] = reply
+
+
+def _check_message(message: Message) -> None:
+    """Refuse what Flower's ``InMemoryGrid._check_message`` refuses."""
+    metadata = message.metadata
+    problems = [
+        text for bad, text in (
+            (metadata.message_id == "", "it has no message id"),
+            (metadata.reply_to_message_id != "",
+             f"it is a reply (to message {metadata.reply_to_message_id})"),
+            (not metadata.ttl > 0, f"its TTL is {metadata.ttl} s"),
+            (metadata.delivered_at != "", f"it was already delivered at {metadata.delivered_at}"),
+        ) if bad
+    ]
+    if problems:
+        raise ValueError(
+            f"Invalid message for node {metadata.dst_node_id}: {'; '.join(problems)}. A grid "
+            "accepts only new instruction messages with a TTL > 0: build one with "
+            "Message(content, dst_node_id, message_type, ttl=...)."
+        )
+
+
+def _ensure_task_identity(run_id: int) -> None:
+    """Give Flower's process-wide ``TaskIdentity`` a value where no runtime has set one
+    (``Message(...)`` needs it); never overwrite one (another grid's or a runtime's)."""
+    if TaskIdentity is None:
+        return
+    try:
+        TaskIdentity.run_id
+    except RuntimeError:
+        TaskIdentity.task_id = 1
+        TaskIdentity.run_id = run_id
+        TaskIdentity.node_id = SUPERLINK_NODE_ID
 
 
 def run_local(

@@ -15,8 +15,12 @@ seconds            wall time of the round (training, aggregation, evaluation)
 time               Unix time the record was made
 cumulative_*       running totals of bytes and seconds
 train_*, client_*  the clients' reported metrics, averaged by example count
+<<<<<<< HEAD
 dp_*               DP runs, rounds >= 1: privacy spent (``fedloom.privacy``)
 stopped_reason     why the run ended before ``num_rounds`` (privacy budget)
+=======
+stopped_early      (last record only, when ``early_stop`` ended the run) why
+>>>>>>> engine
 =================  ===========================================================
 """
 
@@ -101,6 +105,11 @@ class RunHistory:
             f"down {record['bytes_down'] / 1e6:.2f} MB",
             flush=True,
         )
+
+    def mark_stopped(self, reason: str) -> None:
+        """Record on the last round's record that the run stops there, and why."""
+        self.records[-1]["stopped_early"] = reason
+        self.write()
 
     def write(self) -> None:
         temporary = self.path.with_suffix(".json.tmp")

@@ -13,6 +13,12 @@ last, to ``checkpoint.npz`` (:mod:`fedloom.checkpoint`). :func:`resume_experimen
 continues a run directory from it, with the run's own settings, and ends with the same
 weights as an uninterrupted run (bit for bit on the local engine). Every run writes its
 final global model to ``final_weights.npz`` and, as a Keras model, to ``model.keras``.
+
+A run stops before ``num_rounds`` when its ``early_stop`` rule
+(:class:`fedloom.early_stopping.EarlyStop`) is met or when ``dp.max_epsilon`` leaves no
+room for another release: that round is checkpointed, its history record says why
+(``stopped_early``, or ``stopped_reason`` for the privacy budget), and resuming such a
+run runs nothing more.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class Experiment:
     privacy: Any = None  # fedloom.privacy.PrivacyRun of a DP run
     server_strategy: Any = None  # what runs the rounds: ``strategy``, or its DP wrapper
     checkpoint: dict[str, Any] | None = None  # a loaded checkpoint to continue from
+    stop_reason: str | None = None  # why the run stopped before num_rounds (early_stop)
 
     def start(self, grid) -> list[dict[str, Any]]:
         """Run the rounds on ``grid`` (any ``flwr.serverapp.Grid``), from round 1 or from
@@ -61,21 +68,23 @@ class Experiment:
         first_round, arrays = 1, self.initial_arrays
         if self.checkpoint is not None:
             first_round, arrays = self._restore(self.checkpoint)
+            last = (self.history.records or [{}])[-1]
+            self.stop_reason = last.get("stopped_early") or last.get("stopped_reason")
+            if self.stop_reason:  # it had stopped early: nothing more to run
+                first_round = self.settings.num_rounds + 1
         self.history.restart_clock()
-        try:
-            arrays = run_rounds(
-                self.server_strategy,
-                grid,
-                arrays,
-                self.settings.num_rounds,
-                first_round=first_round,
-                timeout=self.settings.round_timeout,
-                train_config=builders.train_config(self.settings),
-                evaluate_fn=self.evaluate_fn,
-                on_round_end=self._round_end,
-            ).arrays
-        except _BudgetStop as stop:  # dp.max_epsilon reached: the last round is final
-            arrays = stop.arrays
+        arrays = run_rounds(
+            self.server_strategy,
+            grid,
+            arrays,
+            self.settings.num_rounds,
+            first_round=first_round,
+            timeout=self.settings.round_timeout,
+            train_config=builders.train_config(self.settings),
+            evaluate_fn=self.evaluate_fn,
+            on_round_end=self._round_end,
+            should_stop=lambda server_round, result: self.stop_reason is not None,
+        ).arrays
         final = arrayrecord_views(arrays)
         save_weights(self.output_dir / FINAL_WEIGHTS_FILE, list(arrays.keys()), final)
         self.trainer.set_weights(final)
@@ -87,20 +96,26 @@ class Experiment:
 
     def _round_end(self, server_round: int, arrays, result) -> None:
         """Round ``server_round`` is over (0: the initial model was evaluated): its report
-        goes to the history, the accountant and, when due, the checkpoint."""
+        goes to the history, the accountant and, when due, the checkpoint; a met
+        ``early_stop`` rule or an exhausted privacy budget ends the run here."""
         evaluation = result.evaluate_metrics_serverapp[server_round]
         report = _report_of(self.strategy, server_round)
         metrics = {"accuracy": evaluation["accuracy"], "loss": evaluation["loss"]}
-        stop = False
         if self.privacy is not None and server_round:  # the round's release, accounted once
             metrics.update(self.privacy.record_round(report))
-            stop = self.privacy.budget_exhausted
+            if self.privacy.budget_exhausted:
+                self.stop_reason = self.privacy.stopped_reason or "privacy budget exhausted"
         self.history.record_round(server_round, metrics, report)
+        rule = self.settings.early_stop
+        if rule is not None and self.stop_reason is None:
+            self.stop_reason = rule.reason([(int(r["round"]), float(r["accuracy"]))
+                                            for r in self.history.records])
+            if self.stop_reason:
+                self.history.mark_stopped(self.stop_reason)
         every, last = self.settings.checkpoint_every, self.settings.num_rounds
-        if server_round and every and (server_round % every == 0 or server_round == last or stop):
+        stopping = self.stop_reason is not None
+        if server_round and every and (server_round % every == 0 or server_round == last or stopping):
             self.save_checkpoint(server_round, arrays)
-        if stop:
-            raise _BudgetStop(arrays)
 
     def save_checkpoint(self, server_round: int, arrays) -> Path:
         """Write the state after ``server_round`` (global model ``arrays``) atomically."""
@@ -216,14 +231,6 @@ def resume_experiment(run_dir: str | Path) -> list[dict[str, Any]]:
     experiment = prepare_experiment(RunSettings.from_config(checkpoint["config"]), run_dir)
     experiment.checkpoint = checkpoint
     return _run_on_engine(experiment)
-
-
-class _BudgetStop(Exception):
-    """Raised after the last round ``dp.max_epsilon`` allows; ``arrays``: the final model."""
-
-    def __init__(self, arrays) -> None:
-        super().__init__("privacy budget exhausted")
-        self.arrays = arrays
 
 
 def _run_on_engine(experiment: Experiment) -> list[dict[str, Any]]:

@@ -53,6 +53,8 @@ TOP_LEVEL_KEYS = {
     "learning_rate", "val_fraction", "seed", "min_valid_updates", "round_timeout", "plot",
     # reliability and security (fedloom.faults, fedloom.attacks, fedloom.privacy, checkpoints)
     "faults", "attack", "dp", "fraction_train", "absurd_norm_ratio", "checkpoint_every", "resume",
+    # when to stop (fedloom.early_stopping) and how much the terminal shows
+    "early_stop", "verbose",
 }
 
 
@@ -177,6 +179,12 @@ class RunSettings:
     checkpoint_every: int = 0
     resume: str | None = None
     deployed: bool = False
+    #: the ``early_stop`` rule (:class:`fedloom.early_stopping.EarlyStop`), or ``None``
+    early_stop: Any = None
+    #: the ``early_stop`` section as given (checked), for :meth:`to_dict`
+    early_stop_config: dict[str, Any] = field(default_factory=dict)
+    #: Flower's per-round INFO lines in the terminal too
+    verbose: bool = False
     #: the ``dp`` section as given (checked), for :meth:`to_dict`
     privacy_config: dict[str, Any] = field(default_factory=lambda: {"mode": "none"})
 
@@ -277,7 +285,9 @@ class RunSettings:
             val_fraction=val_fraction, seed=seed, min_valid_updates=min_valid,
             round_timeout=round_timeout, plot=bool(cfg.get("plot", True)), fraction_train=fraction,
             absurd_norm_ratio=ratio, checkpoint_every=every, resume=resume, deployed=deployed,
-            privacy_config=dp_section,
+            privacy_config=dp_section, early_stop=_early_stop(cfg.get("early_stop")),
+            early_stop_config=dict(cfg.get("early_stop") or {}),
+            verbose=_verbose(cfg.get("verbose", False)),
         )
         if build_check:
             with _quiet_flower():  # a trial build for the constructor's own checks, now
@@ -312,6 +322,8 @@ class RunSettings:
             "absurd_norm_ratio": self.absurd_norm_ratio,
             "checkpoint_every": self.checkpoint_every,
             "resume": self.resume,
+            "early_stop": self.early_stop_config,
+            "verbose": self.verbose,
         }
         return copy.deepcopy(cfg)
 
@@ -379,6 +391,9 @@ def _engine(section: Mapping[str, Any]) -> EngineSettings:
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(f"engine.{unknown[0]} is not an engine setting; known: {', '.join(sorted(known))}.")
+    if name == "flower" and not _installed("ray"):
+        raise ConfigError("engine=flower needs Ray, which is not installed: pip install 'fedloom[ray]' "
+                          "(Flower's simulation extra), or use engine=local.")
     cpus = options.get("num_cpus_per_client", 1)
     if not _is_int(cpus) or cpus < 1:
         raise ConfigError(f"engine.num_cpus_per_client={cpus!r} is not allowed: it must be an integer >= 1.")
@@ -387,6 +402,33 @@ def _engine(section: Mapping[str, Any]) -> EngineSettings:
         raise ConfigError(f"engine.num_gpus_per_client={gpus!r} is not allowed: it must be a number >= 0.")
     address = options.get("ray_address")
     return EngineSettings(name, cpus, float(gpus), None if address is None else str(address))
+
+
+def _installed(distribution: str) -> bool:
+    """Whether ``distribution`` is installed (its metadata, not a same-named folder)."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _early_stop(section: Mapping[str, Any] | None):
+    """The ``early_stop`` section as a :class:`fedloom.early_stopping.EarlyStop`, or ``None``."""
+    from fedloom.early_stopping import EarlyStop
+
+    try:
+        return EarlyStop.from_config(section)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def _verbose(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"verbose={value!r} is not allowed: use verbose=true or verbose=false.")
+    return value
 
 
 def _engine_dict(engine: EngineSettings) -> dict[str, Any]:
