@@ -262,7 +262,28 @@ def keras_training(data: dict) -> str:
               f"{speedup['a_over_c']:.0f}x faster than the quickstart style.\n")
 
 
+def privacy(data: dict) -> str:
+    """Epsilon after 1, 10, 50, 100 rounds for each DP config, with its command."""
+    versions = data.get("versions", {})
+    head = (f"Computed {data['date']} at commit {data['commit'][:10]} (flwr {versions.get('flwr')}, "
+            f"dp-accounting {versions.get('dp-accounting')}); sampling m of N without replacement, "
+            "replace-one adjacency, every sampled client used.")
+    rounds = [r for r, _ in data["tables"][0]["rows"]]
+    rows = []
+    for t in data["tables"]:
+        setting = (f"`{t['command']}`: z={t['noise_multiplier']:g}, {t['clients_per_round']} of "
+                   f"{t['num_clients']} clients, delta={t['delta']:g}")
+        rows.append([setting, *[f"{eps:.2f}" for _, eps in t["rows"]]])
+    check = data.get("check_run")
+    tail = ""
+    if check:
+        tail = (f"\n`{check['command']}` (commit {check['commit']}) reported dp_epsilon "
+                f"{check['dp_epsilon_final']:.2f} after round {check['rounds']}, as the first row says.\n")
+    return head + "\n\n" + table(["config", *[f"epsilon after {r} rounds" for r in rounds]], rows) + tail
+
+
 RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "privacy": ("privacy.json", privacy),
     "aggregation": ("aggregation.json", aggregation),
     "aggregation-guarded": ("aggregation_guarded.json", aggregation_guarded),
     "robust-aggregation": ("robust_aggregation.json", robust_aggregation),
