@@ -40,6 +40,8 @@ REASONS = {
     "norm_outlier": "the update's distance from the model is far above the round's median",
     "absurd_norm": "the update moved absurdly far (by default over 1000x the round's median norm)",
     "krum": "not among the updates Krum selected",
+    "zero_update": ("the update is the global model unchanged (norm 0 as DP clipping computes it), "
+                    "which Flower's clipping would divide by; screened before DP wrappers only"),
 }
 
 

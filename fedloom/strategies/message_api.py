@@ -15,8 +15,6 @@ aborting the round; node sampling follows ``seed``; and each round's
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from logging import INFO
@@ -28,8 +26,18 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
+from flwr.supercore.differential_privacy import get_norm
 
-from fedloom.aggregation import ClientUpdate, Pipeline, Rejection, Schedule, Stage, check_finite, check_update
+from fedloom.aggregation import (
+    REASONS,
+    ClientUpdate,
+    Pipeline,
+    Rejection,
+    Schedule,
+    Stage,
+    check_finite,
+    check_update,
+)
 from fedloom.compression import COMPRESSION_RECORD, decode_compressed
 from fedloom.errors import ConfigError, UpdateRejected
 from fedloom.records import (
@@ -287,13 +295,17 @@ class FedloomStrategy(FedAvg):
 
     def screen_replies(self, replies: Iterable[Message]) -> list[Message]:
         """The replies this strategy could aggregate; the others are kept as rejections
-        for this round's report.
+        for this round's report (:meth:`reject`).
 
         For wrappers that touch the replies' arrays before this strategy sees them
         (Flower's DP wrappers clip every reply and drop the whole round on any error
         reply): screened first, a crashed, malformed, mis-shaped or non-finite reply is
         left out with its reason instead of crashing or voiding the round
-        (:class:`fedloom.privacy.ScreenReplies`). Call after :meth:`configure_train`.
+        (:class:`fedloom.privacy.ScreenReplies`). So is a ``zero_update``: an update
+        whose distance from the global model is 0 as Flower's clipping computes it
+        (``get_norm`` of the difference, in the arrays' dtype, so float32 underflow
+        counts): Flower 1.42's clipping divides by that norm and would end the run
+        with ``ZeroDivisionError``. Call after :meth:`configure_train`.
         """
         kept = []
         for msg in replies:
@@ -304,11 +316,29 @@ class FedloomStrategy(FedAvg):
                     check_finite(updates[0].weights)
                 except UpdateRejected as err:
                     rejected = [Rejection(updates[0].client_id, err.reason, str(err))]
-            if rejected:
-                self.round.screened.extend(rejected)
-            else:
+            if not rejected and self.round.global_weights is not None:
+                distance = get_norm([np.subtract(w, g) for w, g in
+                                     zip(updates[0].weights, self.round.global_weights)])
+                if not distance > 0.0:
+                    rejected = [Rejection(updates[0].client_id, "zero_update",
+                                          "the update equals the global model (distance 0)")]
+            for rejection in rejected:
+                self.reject(rejection.client_id, rejection.reason, rejection.detail)
+            if not rejected:
                 kept.append(msg)
         return kept
+
+    def reject(self, client_id: str, reason: str, detail: str) -> None:
+        """Leave ``client_id``'s reply of the current round out with ``reason`` (a tag
+        of ``checks.REASONS``) before aggregation; it is counted in the round's report
+        as the pipeline's own rejections are (and is not reported as ``no_reply``).
+
+        Raises:
+            ValueError: ``reason`` is not a tag of ``fedloom.aggregation.REASONS``.
+        """
+        if reason not in REASONS:
+            raise ValueError(f"unknown rejection reason {reason!r}; expected one of {sorted(REASONS)}.")
+        self.round.screened.append(Rejection(str(client_id), reason, detail))
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
