@@ -27,6 +27,8 @@ __all__ = [
     "ndarrays_to_parameters",
     "arrayrecord_num_bytes",
     "message_num_bytes",
+    "messages_num_bytes",
+    "legacy_message_num_bytes",
     "message_proto_num_bytes",
 ]
 
@@ -176,6 +178,67 @@ def message_num_bytes(message: Message) -> int:
     from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+
+
+def messages_num_bytes(messages: Sequence[Message]) -> int:
+    """``sum(message_num_bytes(m) for m in messages)``, computing the content of
+    messages that share one ``RecordDict`` object (a strategy's train messages of a
+    round: same model, config and control variate, one per node) once: per message only
+    its own object (metadata) is deflated again. Unit: bytes.
+
+    Every message is counted in full, as each node receives the whole content (the
+    ServerApp pushes shared objects to the SuperLink once; each SuperNode pulls them).
+    """
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    content_bytes: dict[int, int] = {}
+    total = 0
+    for message in messages:
+        total += len(message.deflate())
+        if message.has_content():
+            key = id(message.content)
+            if key not in content_bytes:
+                content_bytes[key] = sum(
+                    len(obj.deflate()) for obj in get_all_nested_objects(message.content).values())
+            total += content_bytes[key]
+    return total
+
+
+def legacy_message_num_bytes(ins_or_res, *, dst_node_id: int, reply: bool = False,
+                             group_id: str = "") -> int:
+    """Bytes on the wire of a legacy-API ``FitIns`` (``reply=False``) or ``FitRes``
+    (``reply=True``), as Flower 1.42's compatibility layer sends it: converted with
+    ``flwr.compat.common.recorddict_compat`` (``fitins_to_recorddict`` /
+    ``fitres_to_recorddict``, as ``GridClientProxy`` and the ``ClientApp`` do) into a
+    train ``Message`` to ``dst_node_id`` (a reply: from it), counted with
+    :func:`message_num_bytes`. The metadata is built here (a strategy has no Message):
+    its run and task ids are the running ServerApp's (``TaskIdentity``) when set, else
+    0; the message id is excluded from what Flower sends. Unit: bytes.
+    """
+    from flwr.app import Metadata, MessageType
+    from flwr.app.constants import DEFAULT_TTL
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.compat.common import recorddict_compat
+    from flwr.supercore.task_identity import TaskIdentity
+
+    content = (recorddict_compat.fitres_to_recorddict(ins_or_res, keep_input=True) if reply
+               else recorddict_compat.fitins_to_recorddict(ins_or_res, keep_input=True))
+    ids = {}
+    for name in ("run_id", "task_id"):
+        try:
+            ids[name] = int(getattr(TaskIdentity, name) or 0)
+        except (RuntimeError, TypeError, ValueError):  # not inside a ServerApp
+            ids[name] = 0
+    node = int(dst_node_id)
+    metadata = Metadata(
+        run_id=ids["run_id"], message_id="",
+        src_node_id=node if reply else SUPERLINK_NODE_ID,
+        dst_node_id=SUPERLINK_NODE_ID if reply else node,
+        reply_to_message_id="", group_id=group_id, created_at=0.0, ttl=DEFAULT_TTL,
+        message_type=MessageType.TRAIN, src_task_id=None if reply else ids["task_id"],
+        dst_task_id=ids["task_id"] if reply else None,
+    )
+    return message_num_bytes(Message(metadata=metadata, content=content))
 
 
 def message_proto_num_bytes(message: Message) -> int:

@@ -43,17 +43,21 @@ from fedloom.errors import ConfigError, UpdateRejected
 from fedloom.records import (
     arrayrecord_num_bytes,
     arrayrecord_views,
+    message_num_bytes,
+    messages_num_bytes,
     ndarrays_to_arrayrecord,
 )
 from fedloom.strategies import methods
 from fedloom.strategies.reporting import RoundReport, average_client_metrics
 from fedloom.strategies.round import RoundAggregator
+from fedloom.strategies.scaffold import SCAFFOLD_DELTA_RECORD, SCAFFOLD_RECORD
 
 __all__ = [
     "FedloomStrategy",
     "SimpleAverage",
     "WeightedAverage",
     "FederatedAveraging",
+    "Scaffold",
     "Hybrid",
 ]
 
@@ -78,6 +82,22 @@ class FedloomStrategy(FedAvg):
             (``None``) by default: it reads every update once more and makes a plain
             weighted average about 1.5x slower on large models (see
             ``benchmarks/aggregation.py``); fedloom's experiments turn it on (1000).
+        scaffold: run SCAFFOLD's server side (Karimireddy et al., ICML 2020, option II;
+            ``fedloom.strategies.scaffold``): every train message also carries the
+            server control variate ``c`` (ArrayRecord ``"scaffold-c"``, the model's
+            keys, zero at first); a reply carries ``"scaffold-delta-c"`` (one with other
+            keys, shapes or non-finite values is left out as ``malformed`` /
+            ``non_finite``; one without counts as ``delta_c = 0``: a client that does
+            not run SCAFFOLD); after a round that makes a new model,
+            ``c += (|S|/N) * mean of the used clients' delta_c`` (``N``: the nodes
+            connected at configure time). ``c`` is in :meth:`state_dict`. The clients
+            must run SCAFFOLD for it to mean anything (fedloom's Keras ``ClientApp``).
+
+    Bytes: each round report counts ``bytes-sent`` / ``bytes-received``, the train
+    messages and replies serialized as Flower 1.42 sends them
+    (:func:`fedloom.records.message_num_bytes`: arrays, configs, metrics, metadata;
+    every reply, rejected ones included), and ``payload-sent`` / ``payload-received``,
+    the ``.npy`` bytes of their arrays alone.
 
     Faults: an error reply is left out as ``client_error`` (``disconnected`` for the
     engine's node/message-unavailable codes); a sampled node with no reply by the round
@@ -114,6 +134,7 @@ class FedloomStrategy(FedAvg):
         arrayrecord_key: str = "arrays",
         configrecord_key: str = "config",
         absurd_norm_ratio: float | None = None,
+        scaffold: bool = False,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -127,7 +148,7 @@ class FedloomStrategy(FedAvg):
         )
         self.round = RoundAggregator(method, min_valid_updates=min_valid_updates, seed=seed,
                                      secure_sampling=secure_sampling,
-                                     absurd_norm_ratio=absurd_norm_ratio)
+                                     absurd_norm_ratio=absurd_norm_ratio, scaffold=scaffold)
         #: The global model to aggregate towards when no configure step sent one (as in
         #: Flower's ``FedAvgM``); the strategy keeps it at the latest aggregate.
         self.current_arrays: ArrayRecord | None = None
@@ -139,6 +160,7 @@ class FedloomStrategy(FedAvg):
     seed = property(lambda self: self.round.seed)
     secure_sampling = property(lambda self: self.round.secure_sampling)
     absurd_norm_ratio = property(lambda self: self.round.absurd_norm_ratio)
+    scaffold = property(lambda self: self.round.control_variate is not None)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -177,17 +199,24 @@ class FedloomStrategy(FedAvg):
         ``client_config`` (e.g. FedAvg's ``local-epochs``), plus ``server-round``.
         """
         self.current_arrays = arrays
+        model, keys = arrayrecord_views(arrays), list(arrays.keys())
         if self.fraction_train == 0.0:
-            self.round.begin_round(arrayrecord_views(arrays), list(arrays.keys()))
+            self.round.begin_round(model, keys)
             return []
         round_config = ConfigRecord(dict(config))
         round_config.update(self.round.client_config(server_round))
+        num_nodes = len(list(grid.get_node_ids()))
         node_ids = self._sample(grid, self.fraction_train, self.min_train_nodes)
-        self.round.begin_round(arrayrecord_views(arrays), list(arrays.keys()), sampled=node_ids,
-                               bytes_sent=len(node_ids) * arrayrecord_num_bytes(arrays))
         log(INFO, "configure_train: sampled %d nodes", len(node_ids))
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: round_config})
-        return self._construct_messages(record, node_ids, MessageType.TRAIN)
+        if self.round.control_variate is not None:
+            record[SCAFFOLD_RECORD] = ndarrays_to_arrayrecord(self.round.control_variate.ensure(model), keys)
+        messages = self._construct_messages(record, node_ids, MessageType.TRAIN)
+        payload = sum(arrayrecord_num_bytes(r) for r in record.array_records.values())
+        self.round.begin_round(model, keys, sampled=node_ids, num_nodes=num_nodes,
+                               bytes_sent=messages_num_bytes(messages),
+                               payload_sent=len(messages) * payload)
+        return messages
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -213,9 +242,13 @@ class FedloomStrategy(FedAvg):
         """
         replies = list(replies)
         self._adopt_current_arrays()
-        updates, rejected, num_bytes = self._decode_replies(replies)
+        updates, rejected, deltas = self._decode_replies(replies)
         rejected += self.round.missing_replies({str(m.metadata.src_node_id) for m in replies})
-        result, report = self.round.aggregate(server_round, updates, rejected, bytes_received=num_bytes)
+        result, report = self.round.aggregate(
+            server_round, updates, rejected, bytes_received=sum(map(message_num_bytes, replies)),
+            payload_received=sum(arrayrecord_num_bytes(r) for m in replies if m.has_content()
+                                 for r in m.content.array_records.values()),
+            control_deltas=deltas)
         arrays = None
         if result.weights is not None:
             arrays = ndarrays_to_arrayrecord(result.weights, self.round.global_keys)
@@ -229,14 +262,17 @@ class FedloomStrategy(FedAvg):
 
     def _decode_replies(
         self, replies: list[Message]
-    ) -> tuple[list[ClientUpdate], list[Rejection], int]:
-        """Flower's replies as fedloom updates, and the ones left out with a reason.
+    ) -> tuple[list[ClientUpdate], list[Rejection], dict[str, list[np.ndarray]]]:
+        """Flower's replies as fedloom updates, the ones left out with a reason, and
+        SCAFFOLD's ``delta_c`` by client id (empty without ``scaffold``).
 
-        Array keys are compared with the global model's, or, without one, with the
-        first decodable reply's."""
+        A reply carries one model ArrayRecord and one MetricRecord, plus optionally the
+        ArrayRecord ``"scaffold-delta-c"`` (required with ``scaffold``, ignored
+        without). Array keys are compared with the global model's, or, without one,
+        with the first decodable reply's."""
         updates: list[ClientUpdate] = []
         rejected: list[Rejection] = []
-        num_bytes = 0
+        deltas: dict[str, list[np.ndarray]] = {}
         keys = list(self.round.global_keys) if self.round.global_weights is not None else None
         for msg in replies:
             client_id = str(msg.metadata.src_node_id)
@@ -246,16 +282,22 @@ class FedloomStrategy(FedAvg):
                 rejected.append(Rejection(
                     client_id, reason, f"code {msg.error.code}: {msg.error.reason}"))
                 continue
-            array_records = [r for r in msg.content.values() if isinstance(r, ArrayRecord)]
+            array_records = [r for k, r in msg.content.items()
+                             if isinstance(r, ArrayRecord) and k != SCAFFOLD_DELTA_RECORD]
             metric_records = [r for r in msg.content.values() if isinstance(r, MetricRecord)]
             if len(array_records) != 1 or len(metric_records) != 1:
                 rejected.append(Rejection(
                     client_id, "malformed",
-                    f"expected 1 ArrayRecord and 1 MetricRecord; got "
-                    f"{len(array_records)} and {len(metric_records)}"))
+                    f"expected 1 model ArrayRecord (beside an optional {SCAFFOLD_DELTA_RECORD!r}) "
+                    f"and 1 MetricRecord; got {len(array_records)} and {len(metric_records)}"))
                 continue
+            delta = None
+            if self.round.control_variate is not None:
+                delta, problem = self._control_delta(msg, keys)
+                if problem is not None:
+                    rejected.append(Rejection(client_id, *problem))
+                    continue
             record, metrics = array_records[0], dict(metric_records[0])
-            num_bytes += arrayrecord_num_bytes(record)
             num_examples = metrics.get(self.weighted_by_key, float("nan"))
             compression = msg.content.get(COMPRESSION_RECORD)
             if isinstance(compression, ConfigRecord):  # sent through compression_mod
@@ -273,6 +315,8 @@ class FedloomStrategy(FedAvg):
                     rejected.append(Rejection(client_id, "malformed", "compressed update has other array keys"))
                     continue
                 updates.append(ClientUpdate(client_id, weights, num_examples, metrics))
+                if delta is not None:
+                    deltas[client_id] = delta
                 continue
             if keys is None:
                 keys = list(record.keys())
@@ -291,7 +335,34 @@ class FedloomStrategy(FedAvg):
                 rejected.append(Rejection(client_id, "malformed", f"undecodable array: {err}"))
                 continue
             updates.append(ClientUpdate(client_id, weights, num_examples, metrics))
-        return updates, rejected, num_bytes
+            if delta is not None:
+                deltas[client_id] = delta
+        return updates, rejected, deltas
+
+    def _control_delta(
+        self, msg: Message, keys: list[str] | None
+    ) -> tuple[list[np.ndarray] | None, tuple[str, str] | None]:
+        """SCAFFOLD's ``delta_c`` of a reply (``None``: the reply has none), or
+        ``(reason, detail)`` why it is unusable."""
+        record = msg.content.array_records.get(SCAFFOLD_DELTA_RECORD)
+        if record is None:  # a client that does not run SCAFFOLD: delta_c = 0
+            return None, None
+        if self.round.global_weights is None or keys is None:
+            raise ConfigError(
+                f"{type(self).__name__}.aggregate_train: SCAFFOLD needs the global model and "
+                "its control variate; call configure_train first.")
+        if list(record.keys()) != keys:
+            return None, ("malformed", f"SCAFFOLD: {SCAFFOLD_DELTA_RECORD!r} has keys "
+                          f"{list(record.keys())[:5]}...; expected the model's {keys[:5]}...")
+        try:
+            delta = arrayrecord_views(record, keys)
+        except ValueError as err:
+            return None, ("malformed", f"SCAFFOLD: undecodable delta_c: {err}")
+        problem = self.round.control_variate.check_delta(delta)
+        if problem:
+            reason = "non_finite" if "NaN" in problem else "malformed"
+            return None, (reason, f"SCAFFOLD: {problem}")
+        return delta, None
 
     def screen_replies(self, replies: Iterable[Message]) -> list[Message]:
         """The replies this strategy could aggregate; the others are kept as rejections
@@ -379,6 +450,18 @@ class WeightedAverage(FedloomStrategy):
 class FederatedAveraging(FedloomStrategy):
     __doc__ = methods.federated_averaging.__doc__
     __init__ = methods.strategy_init(methods.federated_averaging, FedloomStrategy)
+
+
+class _ControlVariates(FedloomStrategy):
+    """The base of :class:`Scaffold`: a fedloom strategy with ``scaffold=True``."""
+
+    def __init__(self, method: Pipeline | Schedule | Sequence[Stage], **options: Any) -> None:
+        super().__init__(method, scaffold=True, **options)
+
+
+class Scaffold(_ControlVariates):
+    __doc__ = methods.scaffold.__doc__
+    __init__ = methods.strategy_init(methods.scaffold, _ControlVariates)
 
 
 class Hybrid(FedloomStrategy):
