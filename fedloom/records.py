@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 import re
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -221,12 +222,14 @@ def legacy_message_num_bytes(ins_or_res, *, dst_node_id: int, reply: bool = Fals
     (``reply=True``), as Flower 1.42's compatibility layer sends it: converted with
     ``flwr.compat.common.recorddict_compat`` (``fitins_to_recorddict`` /
     ``fitres_to_recorddict``, as ``GridClientProxy`` and the ``ClientApp`` do) into a
-    train ``Message`` to ``dst_node_id`` (a reply: from it), counted with
-    :func:`message_num_bytes`. The metadata is built here (a strategy has no Message):
-    its run and task ids are the running ServerApp's (``TaskIdentity``) when set, else
-    0; the message id is excluded from what Flower sends. Unit: bytes.
+    train ``Message`` to (a reply: from) node ``dst_node_id``, counted with
+    :func:`message_num_bytes`. A strategy sees no Message, so the metadata is rebuilt
+    as a deployment's: run, task and server node ids from ``TaskIdentity`` (the running
+    ServerApp's; 0 outside one), Flower's default TTL, a creation time, and for a reply
+    the instruction's id as the SuperLink sets it (its 64-hex-digit object id). Unit:
+    bytes.
     """
-    from flwr.app import Metadata, MessageType
+    from flwr.app import MessageType, Metadata
     from flwr.app.constants import DEFAULT_TTL
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.compat.common import recorddict_compat
@@ -234,20 +237,19 @@ def legacy_message_num_bytes(ins_or_res, *, dst_node_id: int, reply: bool = Fals
 
     content = (recorddict_compat.fitres_to_recorddict(ins_or_res, keep_input=True) if reply
                else recorddict_compat.fitins_to_recorddict(ins_or_res, keep_input=True))
-    ids = {}
-    for name in ("run_id", "task_id"):
+    ids = {"run_id": 0, "task_id": 0, "node_id": SUPERLINK_NODE_ID}
+    for name in ids:
         try:
-            ids[name] = int(getattr(TaskIdentity, name) or 0)
+            ids[name] = int(getattr(TaskIdentity, name))
         except (RuntimeError, TypeError, ValueError):  # not inside a ServerApp
-            ids[name] = 0
-    node = int(dst_node_id)
+            pass
+    node, server = int(dst_node_id), ids["node_id"]
     metadata = Metadata(
         run_id=ids["run_id"], message_id="",
-        src_node_id=node if reply else SUPERLINK_NODE_ID,
-        dst_node_id=SUPERLINK_NODE_ID if reply else node,
-        reply_to_message_id="", group_id=group_id, created_at=0.0, ttl=DEFAULT_TTL,
-        message_type=MessageType.TRAIN, src_task_id=None if reply else ids["task_id"],
-        dst_task_id=ids["task_id"] if reply else None,
+        src_node_id=node if reply else server, dst_node_id=server if reply else node,
+        reply_to_message_id="0" * 64 if reply else "", group_id=group_id,
+        created_at=time.time(), ttl=DEFAULT_TTL, message_type=MessageType.TRAIN,
+        src_task_id=None if reply else ids["task_id"], dst_task_id=ids["task_id"] if reply else None,
     )
     return message_num_bytes(Message(metadata=metadata, content=content))
 
