@@ -66,3 +66,20 @@ def test_scaffold_moves_bytes_both_ways_about_twice_fedavgs(tmp_path):
         assert 1.9 < s["bytes_up"] / f["bytes_up"] < 2.05
         assert 1.9 < s["bytes_down"] / f["bytes_down"] < 2.05
         assert s["bytes_up"] >= s["payload_up"] and f["bytes_up"] >= f["payload_up"]
+
+
+@pytest.mark.slow
+def test_simulate_cli_runs_scaffold_on_the_local_engine(tmp_path):
+    import json
+
+    from test_experiment import run_cli
+
+    done = run_cli("strategy=scaffold", "num_rounds=3", f"hydra.run.dir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [r["num_clients"] for r in history] == [0, 10, 10, 10]
+    assert history[-1]["accuracy"] > history[0]["accuracy"] + 0.05
+    checkpoint = load_checkpoint(tmp_path / CHECKPOINT_FILE)
+    c = checkpoint["strategy"]["own"]["scaffold"]["c"]
+    assert [a.shape for a in c] == [a.shape for a in checkpoint["arrays"]["values"]]
+    assert all(np.isfinite(a).all() for a in c) and max(np.abs(a).max() for a in c) > 0
