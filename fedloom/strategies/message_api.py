@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
@@ -30,7 +29,6 @@ from flwr.supercore.differential_privacy import get_norm
 
 from fedloom.aggregation import (
     REASONS,
-    ClientUpdate,
     Pipeline,
     Rejection,
     Schedule,
@@ -38,8 +36,7 @@ from fedloom.aggregation import (
     check_finite,
     check_update,
 )
-from fedloom.compression import COMPRESSION_RECORD, decode_compressed
-from fedloom.errors import ConfigError, UpdateRejected
+from fedloom.errors import UpdateRejected
 from fedloom.records import (
     arrayrecord_num_bytes,
     arrayrecord_views,
@@ -48,9 +45,10 @@ from fedloom.records import (
     ndarrays_to_arrayrecord,
 )
 from fedloom.strategies import methods
+from fedloom.strategies.replies import decode_train_replies
 from fedloom.strategies.reporting import RoundReport, average_client_metrics
 from fedloom.strategies.round import RoundAggregator
-from fedloom.strategies.scaffold import SCAFFOLD_DELTA_RECORD, SCAFFOLD_RECORD
+from fedloom.strategies.scaffold import SCAFFOLD_RECORD
 
 __all__ = [
     "FedloomStrategy",
@@ -242,7 +240,8 @@ class FedloomStrategy(FedAvg):
         """
         replies = list(replies)
         self._adopt_current_arrays()
-        updates, rejected, deltas = self._decode_replies(replies)
+        updates, rejected, deltas = decode_train_replies(replies, self.round, self.weighted_by_key,
+                                                         type(self).__name__)
         rejected += self.round.missing_replies({str(m.metadata.src_node_id) for m in replies})
         result, report = self.round.aggregate(
             server_round, updates, rejected, bytes_received=sum(map(message_num_bytes, replies)),
@@ -260,110 +259,6 @@ class FedloomStrategy(FedAvg):
             self.round.use_global_model(arrayrecord_views(self.current_arrays),
                                         list(self.current_arrays.keys()))
 
-    def _decode_replies(
-        self, replies: list[Message]
-    ) -> tuple[list[ClientUpdate], list[Rejection], dict[str, list[np.ndarray]]]:
-        """Flower's replies as fedloom updates, the ones left out with a reason, and
-        SCAFFOLD's ``delta_c`` by client id (empty without ``scaffold``).
-
-        A reply carries one model ArrayRecord and one MetricRecord, plus optionally the
-        ArrayRecord ``"scaffold-delta-c"`` (required with ``scaffold``, ignored
-        without). Array keys are compared with the global model's, or, without one,
-        with the first decodable reply's."""
-        updates: list[ClientUpdate] = []
-        rejected: list[Rejection] = []
-        deltas: dict[str, list[np.ndarray]] = {}
-        keys = list(self.round.global_keys) if self.round.global_weights is not None else None
-        for msg in replies:
-            client_id = str(msg.metadata.src_node_id)
-            if msg.has_error():
-                reason = ("disconnected" if msg.error.code in _UNAVAILABLE_CODES
-                          else "client_error")
-                rejected.append(Rejection(
-                    client_id, reason, f"code {msg.error.code}: {msg.error.reason}"))
-                continue
-            array_records = [r for k, r in msg.content.items()
-                             if isinstance(r, ArrayRecord) and k != SCAFFOLD_DELTA_RECORD]
-            metric_records = [r for r in msg.content.values() if isinstance(r, MetricRecord)]
-            if len(array_records) != 1 or len(metric_records) != 1:
-                rejected.append(Rejection(
-                    client_id, "malformed",
-                    f"expected 1 model ArrayRecord (beside an optional {SCAFFOLD_DELTA_RECORD!r}) "
-                    f"and 1 MetricRecord; got {len(array_records)} and {len(metric_records)}"))
-                continue
-            delta = None
-            if self.round.control_variate is not None:
-                delta, problem = self._control_delta(msg, keys)
-                if problem is not None:
-                    rejected.append(Rejection(client_id, *problem))
-                    continue
-            record, metrics = array_records[0], dict(metric_records[0])
-            num_examples = metrics.get(self.weighted_by_key, float("nan"))
-            compression = msg.content.get(COMPRESSION_RECORD)
-            if isinstance(compression, ConfigRecord):  # sent through compression_mod
-                if self.round.global_weights is None:
-                    raise ConfigError(
-                        f"{type(self).__name__}.aggregate_train: client {client_id} sent a "
-                        "compressed update, and decoding it needs the global model the "
-                        "client trained from; call configure_train first or set current_arrays.")
-                try:
-                    names, weights = decode_compressed(record, compression, self.round.global_weights)
-                except (ValueError, KeyError) as err:
-                    rejected.append(Rejection(client_id, "malformed", f"bad compressed update: {err}"))
-                    continue
-                if names != keys:
-                    rejected.append(Rejection(client_id, "malformed", "compressed update has other array keys"))
-                    continue
-                updates.append(ClientUpdate(client_id, weights, num_examples, metrics))
-                if delta is not None:
-                    deltas[client_id] = delta
-                continue
-            if keys is None:
-                keys = list(record.keys())
-                if not self.round.global_keys:
-                    self.round.global_keys = keys
-            if list(record.keys()) != keys:
-                reason = "wrong_num_arrays" if len(record) != len(keys) else "malformed"
-                rejected.append(Rejection(
-                    client_id, reason,
-                    f"expected array keys {keys[:5]}... ({len(keys)}); "
-                    f"got {list(record.keys())[:5]}... ({len(record)})"))
-                continue
-            try:
-                weights = arrayrecord_views(record, keys)
-            except ValueError as err:
-                rejected.append(Rejection(client_id, "malformed", f"undecodable array: {err}"))
-                continue
-            updates.append(ClientUpdate(client_id, weights, num_examples, metrics))
-            if delta is not None:
-                deltas[client_id] = delta
-        return updates, rejected, deltas
-
-    def _control_delta(
-        self, msg: Message, keys: list[str] | None
-    ) -> tuple[list[np.ndarray] | None, tuple[str, str] | None]:
-        """SCAFFOLD's ``delta_c`` of a reply (``None``: the reply has none), or
-        ``(reason, detail)`` why it is unusable."""
-        record = msg.content.array_records.get(SCAFFOLD_DELTA_RECORD)
-        if record is None:  # a client that does not run SCAFFOLD: delta_c = 0
-            return None, None
-        if self.round.global_weights is None or keys is None:
-            raise ConfigError(
-                f"{type(self).__name__}.aggregate_train: SCAFFOLD needs the global model and "
-                "its control variate; call configure_train first.")
-        if list(record.keys()) != keys:
-            return None, ("malformed", f"SCAFFOLD: {SCAFFOLD_DELTA_RECORD!r} has keys "
-                          f"{list(record.keys())[:5]}...; expected the model's {keys[:5]}...")
-        try:
-            delta = arrayrecord_views(record, keys)
-        except ValueError as err:
-            return None, ("malformed", f"SCAFFOLD: undecodable delta_c: {err}")
-        problem = self.round.control_variate.check_delta(delta)
-        if problem:
-            reason = "non_finite" if "NaN" in problem else "malformed"
-            return None, (reason, f"SCAFFOLD: {problem}")
-        return delta, None
-
     def screen_replies(self, replies: Iterable[Message]) -> list[Message]:
         """The replies this strategy could aggregate; the others are kept as rejections
         for this round's report (:meth:`reject`).
@@ -380,7 +275,8 @@ class FedloomStrategy(FedAvg):
         """
         kept = []
         for msg in replies:
-            updates, rejected, _ = self._decode_replies([msg])
+            updates, rejected, _ = decode_train_replies([msg], self.round, self.weighted_by_key,
+                                                    type(self).__name__)
             if not rejected:
                 try:
                     check_update(updates[0].weights, self.round.global_weights or [])
@@ -429,12 +325,6 @@ class FedloomStrategy(FedAvg):
         if not pairs:
             return None
         return MetricRecord(average_client_metrics(pairs))
-
-
-#: Error codes with which the engine (not the ClientApp) reports a node it lost.
-_UNAVAILABLE_CODES = frozenset(
-    {ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE}
-)
 
 
 class SimpleAverage(FedloomStrategy):

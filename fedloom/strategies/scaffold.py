@@ -48,20 +48,22 @@ class ServerControlVariate:
             self.variate = [np.zeros(shape, np.float32) for shape in shapes]
         return self.variate
 
-    def check_delta(self, delta: Sequence[np.ndarray]) -> str:
-        """Why ``delta`` (one client's ``delta_c``) cannot be used; ``""`` if it can."""
+    def check_delta(self, delta: Sequence[np.ndarray]) -> tuple[str, str] | None:
+        """``(reason, detail)`` why ``delta`` (one client's ``delta_c``) cannot be used
+        (reasons ``malformed`` or ``non_finite``, see ``checks.REASONS``); ``None`` if it
+        can."""
         if self.variate is None:
-            return "the server has no control variate yet"
+            return "malformed", "the server has no control variate yet"
         if len(delta) != len(self.variate):
-            return f"delta_c has {len(delta)} arrays; the model has {len(self.variate)}"
+            return "malformed", f"delta_c has {len(delta)} arrays; the model has {len(self.variate)}"
         for index, (d, c) in enumerate(zip(delta, self.variate)):
             if np.shape(d) != c.shape:
-                return f"delta_c array {index} has shape {np.shape(d)}; expected {c.shape}"
+                return "malformed", f"delta_c array {index} has shape {np.shape(d)}; expected {c.shape}"
             if not np.issubdtype(np.asarray(d).dtype, np.floating):
-                return f"delta_c array {index} has dtype {np.asarray(d).dtype}; expected a float dtype"
+                return "malformed", f"delta_c array {index} has dtype {np.asarray(d).dtype}; expected floats"
             if not np.all(np.isfinite(d)):
-                return f"delta_c array {index} contains NaN or Inf"
-        return ""
+                return "non_finite", f"delta_c array {index} contains NaN or Inf"
+        return None
 
     def update(self, deltas: Sequence[Sequence[np.ndarray]], num_nodes: int) -> None:
         """``c += (1 / num_nodes) * sum(deltas)`` (``deltas``: the used clients'
