@@ -30,6 +30,7 @@ __all__ = [
     "message_num_bytes",
     "messages_num_bytes",
     "legacy_message_num_bytes",
+    "legacy_messages_num_bytes",
     "message_proto_num_bytes",
 ]
 
@@ -229,6 +230,14 @@ def legacy_message_num_bytes(ins_or_res, *, dst_node_id: int, reply: bool = Fals
     the instruction's id as the SuperLink sets it (its 64-hex-digit object id). Unit:
     bytes.
     """
+    return legacy_messages_num_bytes(ins_or_res, [dst_node_id], reply=reply, group_id=group_id)
+
+
+def legacy_messages_num_bytes(ins_or_res, dst_node_ids: Sequence[int], *, reply: bool = False,
+                              group_id: str = "") -> int:
+    """:func:`legacy_message_num_bytes` summed over ``dst_node_ids`` (one message each,
+    as Flower sends the same ``FitIns`` to every sampled client), with the content
+    converted and counted once (:func:`messages_num_bytes`). Unit: bytes."""
     from flwr.app import MessageType, Metadata
     from flwr.app.constants import DEFAULT_TTL
     from flwr.common.constant import SUPERLINK_NODE_ID
@@ -243,15 +252,18 @@ def legacy_message_num_bytes(ins_or_res, *, dst_node_id: int, reply: bool = Fals
             ids[name] = int(getattr(TaskIdentity, name))
         except (RuntimeError, TypeError, ValueError):  # not inside a ServerApp
             pass
-    node, server = int(dst_node_id), ids["node_id"]
-    metadata = Metadata(
-        run_id=ids["run_id"], message_id="",
-        src_node_id=node if reply else server, dst_node_id=server if reply else node,
-        reply_to_message_id="0" * 64 if reply else "", group_id=group_id,
-        created_at=time.time(), ttl=DEFAULT_TTL, message_type=MessageType.TRAIN,
-        src_task_id=None if reply else ids["task_id"], dst_task_id=ids["task_id"] if reply else None,
-    )
-    return message_num_bytes(Message(metadata=metadata, content=content))
+    server, messages = ids["node_id"], []
+    for node in map(int, dst_node_ids):
+        metadata = Metadata(
+            run_id=ids["run_id"], message_id="",
+            src_node_id=node if reply else server, dst_node_id=server if reply else node,
+            reply_to_message_id="0" * 64 if reply else "", group_id=group_id,
+            created_at=time.time(), ttl=DEFAULT_TTL, message_type=MessageType.TRAIN,
+            src_task_id=None if reply else ids["task_id"],
+            dst_task_id=ids["task_id"] if reply else None,
+        )
+        messages.append(Message(metadata=metadata, content=content))
+    return messages_num_bytes(messages)
 
 
 def message_proto_num_bytes(message: Message) -> int:

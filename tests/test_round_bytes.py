@@ -12,6 +12,7 @@ from flwr.server.compat.grid_client_proxy import GridClientProxy
 from fedloom.engine import LocalGrid
 from fedloom.records import (
     legacy_message_num_bytes,
+    legacy_messages_num_bytes,
     message_num_bytes,
     messages_num_bytes,
     ndarrays_to_parameters,
@@ -101,3 +102,10 @@ def test_legacy_round_report_counts_messages_and_payload():
                    for p, r in results)
     assert metrics["bytes-received"] == expected > metrics["payload-received"] == 2 * sum(
         len(t) for t in parameters.tensors)
+
+
+def test_legacy_messages_to_several_nodes_count_each_message_in_full():
+    fit_ins = FitIns(ndarrays_to_parameters([np.arange(20_000, dtype=np.float32)]), {"lr": 0.1})
+    nodes = [11, 12, 13]
+    one_by_one = sum(legacy_message_num_bytes(fit_ins, dst_node_id=n, group_id="4") for n in nodes)
+    assert legacy_messages_num_bytes(fit_ins, nodes, group_id="4") == one_by_one > 3 * 80_000

@@ -26,7 +26,12 @@ from flwr.server.strategy import FedAvg
 
 from fedloom.aggregation import ClientUpdate, Pipeline, Rejection, Schedule, Stage
 from fedloom.errors import ConfigError
-from fedloom.records import legacy_message_num_bytes, ndarrays_to_parameters, parameters_views
+from fedloom.records import (
+    legacy_message_num_bytes,
+    legacy_messages_num_bytes,
+    ndarrays_to_parameters,
+    parameters_views,
+)
 from fedloom.strategies import methods
 from fedloom.strategies.reporting import average_client_metrics
 from fedloom.strategies.round import RoundAggregator
@@ -130,7 +135,8 @@ class FedloomLegacyStrategy(FedAvg):
         self.round.begin_round(
             parameters_views(parameters), sampled=[c.cid for c in clients],
             num_nodes=client_manager.num_available(),
-            bytes_sent=sum(_wire_bytes(fit_ins, c.cid, server_round) for c in clients),
+            bytes_sent=legacy_messages_num_bytes(fit_ins, [_node_id(c.cid) for c in clients],
+                                                 group_id=str(server_round)),
             payload_sent=len(clients) * sum(len(t) for t in parameters.tensors))
         return [(client, fit_ins) for client in clients]
 
@@ -165,7 +171,8 @@ class FedloomLegacyStrategy(FedAvg):
         # by client id so the float sums, hence the model, do not depend on timing
         for proxy, fit_res in sorted(results, key=lambda result: str(result[0].cid)):
             payload += sum(len(t) for t in fit_res.parameters.tensors)
-            num_bytes += _wire_bytes(fit_res, proxy.cid, server_round, reply=True)
+            num_bytes += legacy_message_num_bytes(fit_res, dst_node_id=_node_id(proxy.cid), reply=True,
+                                                  group_id=str(server_round))
             if fit_res.status.code != Code.OK:
                 rejected.append(Rejection(proxy.cid, "client_error", fit_res.status.message))
                 continue
@@ -187,15 +194,14 @@ class FedloomLegacyStrategy(FedAvg):
         return parameters, report.as_metrics()
 
 
-def _wire_bytes(ins_or_res: FitIns | FitRes, cid: str, server_round: int, reply: bool = False) -> int:
-    """A FitIns/FitRes as the Message Flower's compatibility layer sends
-    (:func:`fedloom.records.legacy_message_num_bytes`); a client id that is not a node
-    id (a custom ClientManager) is counted as node 0."""
+def _node_id(cid: str) -> int:
+    """The node id behind a legacy client id (Flower's compatibility layer uses
+    ``str(node_id)``); 0 for another kind of id (a custom ClientManager), which changes
+    only the few bytes of the id in the counted metadata."""
     try:
-        node = int(cid)
+        return int(cid)
     except (TypeError, ValueError):
-        node = 0
-    return legacy_message_num_bytes(ins_or_res, dst_node_id=node, reply=reply, group_id=str(server_round))
+        return 0
 
 
 def _is_secure_aggregate(results: list[tuple[ClientProxy, FitRes]]) -> bool:
