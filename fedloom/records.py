@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 import re
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,6 +28,9 @@ __all__ = [
     "ndarrays_to_parameters",
     "arrayrecord_num_bytes",
     "message_num_bytes",
+    "messages_num_bytes",
+    "legacy_message_num_bytes",
+    "legacy_messages_num_bytes",
     "message_proto_num_bytes",
 ]
 
@@ -171,11 +175,95 @@ def message_num_bytes(message: Message) -> int:
     protobufs, HTTP headers, TLS), and objects the receiver already holds (Flower skips
     those). Unit: bytes. The arrays' payload alone is :func:`arrayrecord_num_bytes`.
 
-    Computing object ids hashes every byte (SHA-256), as Flower does before sending.
+    Computing object ids hashes every byte (SHA-256), as Flower does before sending;
+    as Flower's push path, each object's id is computed once per call
+    (``no_object_id_recompute``), which saves about a third of the time
+    (``benchmarks/message_bytes.py``).
     """
-    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+    from flwr.supercore.inflatable.inflatable_object import (
+        get_all_nested_objects,
+        no_object_id_recompute,
+    )
 
-    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+    with no_object_id_recompute():
+        return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+
+
+def messages_num_bytes(messages: Sequence[Message]) -> int:
+    """``sum(message_num_bytes(m) for m in messages)``, computing the content of
+    messages that share one ``RecordDict`` object (a strategy's train messages of a
+    round: same model, config and control variate, one per node) once: per message only
+    its own object (metadata) is deflated again. Unit: bytes.
+
+    Every message is counted in full, as each node receives the whole content (the
+    ServerApp pushes shared objects to the SuperLink once; each SuperNode pulls them).
+    """
+    from flwr.supercore.inflatable.inflatable_object import (
+        get_all_nested_objects,
+        no_object_id_recompute,
+    )
+
+    content_bytes: dict[int, int] = {}
+    total = 0
+    with no_object_id_recompute():
+        for message in messages:
+            total += len(message.deflate())
+            if message.has_content():
+                key = id(message.content)
+                if key not in content_bytes:
+                    content_bytes[key] = sum(
+                        len(obj.deflate()) for obj in get_all_nested_objects(message.content).values())
+                total += content_bytes[key]
+    return total
+
+
+def legacy_message_num_bytes(ins_or_res, *, dst_node_id: int, reply: bool = False,
+                             group_id: str = "") -> int:
+    """Bytes on the wire of a legacy-API ``FitIns`` (``reply=False``) or ``FitRes``
+    (``reply=True``), as Flower 1.42's compatibility layer sends it: converted with
+    ``flwr.compat.common.recorddict_compat`` (``fitins_to_recorddict`` /
+    ``fitres_to_recorddict``, as ``GridClientProxy`` and the ``ClientApp`` do) into a
+    train ``Message`` to (a reply: from) node ``dst_node_id``, counted with
+    :func:`message_num_bytes`. A strategy sees no Message, so the metadata is rebuilt
+    as a deployment's: run, task and server node ids from ``TaskIdentity`` (the running
+    ServerApp's; 0 outside one), Flower's default TTL, a creation time, and for a reply
+    the instruction's id as the SuperLink sets it (its 64-hex-digit object id). Unit:
+    bytes.
+    """
+    return legacy_messages_num_bytes(ins_or_res, [dst_node_id], reply=reply, group_id=group_id)
+
+
+def legacy_messages_num_bytes(ins_or_res, dst_node_ids: Sequence[int], *, reply: bool = False,
+                              group_id: str = "") -> int:
+    """:func:`legacy_message_num_bytes` summed over ``dst_node_ids`` (one message each,
+    as Flower sends the same ``FitIns`` to every sampled client), with the content
+    converted and counted once (:func:`messages_num_bytes`). Unit: bytes."""
+    from flwr.app import MessageType, Metadata
+    from flwr.app.constants import DEFAULT_TTL
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.compat.common import recorddict_compat
+    from flwr.supercore.task_identity import TaskIdentity
+
+    content = (recorddict_compat.fitres_to_recorddict(ins_or_res, keep_input=True) if reply
+               else recorddict_compat.fitins_to_recorddict(ins_or_res, keep_input=True))
+    ids = {"run_id": 0, "task_id": 0, "node_id": SUPERLINK_NODE_ID}
+    for name in ids:
+        try:
+            ids[name] = int(getattr(TaskIdentity, name))
+        except (RuntimeError, TypeError, ValueError):  # not inside a ServerApp
+            pass
+    server, messages = ids["node_id"], []
+    for node in map(int, dst_node_ids):
+        metadata = Metadata(
+            run_id=ids["run_id"], message_id="",
+            src_node_id=node if reply else server, dst_node_id=server if reply else node,
+            reply_to_message_id="0" * 64 if reply else "", group_id=group_id,
+            created_at=time.time(), ttl=DEFAULT_TTL, message_type=MessageType.TRAIN,
+            src_task_id=None if reply else ids["task_id"],
+            dst_task_id=ids["task_id"] if reply else None,
+        )
+        messages.append(Message(metadata=metadata, content=content))
+    return messages_num_bytes(messages)
 
 
 def message_proto_num_bytes(message: Message) -> int:

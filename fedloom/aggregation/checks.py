@@ -41,6 +41,8 @@ REASONS = {
     "absurd_norm": "the update moved absurdly far (by default over 1000x the round's median norm)",
     "krum": "not among the updates Krum selected",
     "bulyan": "not among the updates Bulyan's Krum selection kept",
+    "zero_update": ("the update is the global model unchanged (norm 0 as DP clipping computes it), "
+                    "which Flower's clipping would divide by; screened before DP wrappers only"),
 }
 
 

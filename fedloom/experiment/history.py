@@ -9,8 +9,10 @@ round              server round (0 = before training)
 accuracy, loss     the global model on the central test set
 num_clients        client updates aggregated this round
 num_rejected       updates left out (``rejected`` maps reason -> count)
-bytes_up           serialized model bytes the clients sent this round
-bytes_down         serialized model bytes sent to this round's clients
+bytes_up           bytes of the train replies as Flower sends them (every reply)
+bytes_down         bytes of the train messages sent to this round's clients
+payload_up         the arrays' ``.npy`` bytes within bytes_up
+payload_down       the arrays' ``.npy`` bytes within bytes_down
 seconds            wall time of the round (training, aggregation, evaluation)
 time               Unix time the record was made
 cumulative_*       running totals of bytes and seconds
@@ -71,6 +73,8 @@ class RunHistory:
             "skipped": bool(report.skipped_reason) if report else False,
             "bytes_up": int(report.bytes_received) if report else 0,
             "bytes_down": int(report.bytes_sent) if report else 0,
+            "payload_up": int(report.payload_received) if report else 0,
+            "payload_down": int(report.payload_sent) if report else 0,
             "seconds": seconds,
             "time": time.time(),
             "aggregation_seconds": float(report.aggregation_seconds) if report else 0.0,

@@ -30,17 +30,16 @@ def epsilon_table(overrides: list[str]) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from fedloom.experiment import settings
-    from fedloom.privacy import PrivacySettings, SampledRdpAccountant, full_round_multiplier
+    from fedloom.experiment import RunSettings
+    from fedloom.privacy import SampledRdpAccountant, full_round_multiplier
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
-    settings.validate(cfg)
-    cfg = settings.resolved(cfg)
-    dp = PrivacySettings.from_config(cfg.get("dp"), int(cfg["clients_per_round"]), int(cfg["num_clients"]))
+    settings = RunSettings.from_config(cfg, build_check=False)
+    dp = settings.privacy
     if not dp.enabled:
         raise ConfigError("dp=none spends no privacy budget: give a DP config, e.g. dp=central_fixed.")
-    num_rounds = int(cfg["num_rounds"])
+    num_rounds = settings.num_rounds
     marks = sorted({r for r in (1, 10, 50, 100, 200, 500, 1000) if r < num_rounds} | {num_rounds})
     accountant, multiplier, done, rows = SampledRdpAccountant(dp), full_round_multiplier(dp), 0, []
     for rounds in marks:

@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp import strategy as flower
 from flwr.serverapp.strategy import Strategy
 
+from fedloom.errors import ConfigError
 from fedloom.privacy.settings import PrivacySettings
 
 __all__ = ["Release", "ScreenReplies", "dp_wrapper", "client_mods"]
@@ -134,9 +135,23 @@ class ScreenReplies(Strategy):
     or why not (the privacy budget would be exceeded): the release is then withheld (no
     model is returned, an adaptive clipping norm is put back) and the round's report
     is marked skipped with that reason.
+
+    Screening goes through the fedloom strategy's public ``screen_replies`` (which
+    records each left-out reply with ``reject``, e.g. ``zero_update``: a reply equal to
+    the global model, which Flower 1.42's clipping would divide by zero).
+
+    Raises:
+        ConfigError: ``screen`` runs SCAFFOLD: its control variate is built from the
+            clients' un-noised ``delta_c`` and sent to every client, outside what the
+            DP wrapper clips and noises.
     """
 
     def __init__(self, strategy: Strategy, screen, admit: Callable | None = None) -> None:
+        if getattr(screen, "scaffold", False):
+            raise ConfigError(
+                "SCAFFOLD cannot run under differential privacy: the server control variate "
+                "c is updated from the clients' delta_c without clipping or noise and sent "
+                "to every client. Use dp=none with SCAFFOLD, or another strategy under DP.")
         super().__init__()
         self.strategy = strategy
         self.screen = screen

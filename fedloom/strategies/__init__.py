@@ -18,6 +18,7 @@ from fedloom.strategies.message_api import (
     FederatedAveraging,
     FedloomStrategy,
     Hybrid,
+    Scaffold,
     SimpleAverage,
     WeightedAverage,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "Hybrid",
     "RoundAggregator",
     "RoundReport",
+    "Scaffold",
     "SimpleAverage",
     "WeightedAverage",
     "legacy",

@@ -25,7 +25,13 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
 from fedloom.aggregation import ClientUpdate, Pipeline, Rejection, Schedule, Stage
-from fedloom.records import ndarrays_to_parameters, parameters_views
+from fedloom.errors import ConfigError
+from fedloom.records import (
+    legacy_message_num_bytes,
+    legacy_messages_num_bytes,
+    ndarrays_to_parameters,
+    parameters_views,
+)
 from fedloom.strategies import methods
 from fedloom.strategies.reporting import average_client_metrics
 from fedloom.strategies.round import RoundAggregator
@@ -35,6 +41,7 @@ __all__ = [
     "SimpleAverage",
     "WeightedAverage",
     "FederatedAveraging",
+    "Scaffold",
     "Hybrid",
 ]
 
@@ -66,6 +73,14 @@ class FedloomLegacyStrategy(FedAvg):
     :meth:`configure_fit` sent; called on its own it uses ``initial_parameters`` when
     set (as Flower's ``FedAvgM`` does), and otherwise aggregates the results' weights
     directly, unless a stage needs the global model (then ``ConfigError`` names it).
+
+    Bytes: ``bytes-sent`` / ``bytes-received`` count each ``FitIns`` sent and each
+    ``FitRes`` received (failures, which carry none, excluded) as the train Message
+    Flower's compatibility layer makes of it
+    (:func:`fedloom.records.legacy_message_num_bytes`); ``payload-sent`` /
+    ``payload-received`` their ``Parameters`` tensors alone. Under SecAgg+ each result
+    holds the secure aggregate, not what the client sent (the masked vectors SecAgg+
+    exchanges are not counted). SCAFFOLD needs the Message API.
 
     Resuming: :meth:`state_dict` / :meth:`load_state_dict` as in the Message API
     (sampling RNG, stage states by name); the round is owned by :attr:`round`, the same
@@ -116,9 +131,13 @@ class FedloomLegacyStrategy(FedAvg):
         config.update(self.round.client_config(server_round))
         sample_size, min_num_clients = self.num_fit_clients(client_manager.num_available())
         clients = self._sample(client_manager, sample_size, min_num_clients)
-        self.round.begin_round(parameters_views(parameters), sampled=[c.cid for c in clients],
-                               bytes_sent=len(clients) * sum(len(t) for t in parameters.tensors))
         fit_ins = FitIns(parameters, config)
+        self.round.begin_round(
+            parameters_views(parameters), sampled=[c.cid for c in clients],
+            num_nodes=client_manager.num_available(),
+            bytes_sent=legacy_messages_num_bytes(fit_ins, [_node_id(c.cid) for c in clients],
+                                                 group_id=str(server_round)),
+            payload_sent=len(clients) * sum(len(t) for t in parameters.tensors))
         return [(client, fit_ins) for client in clients]
 
     def configure_evaluate(
@@ -146,10 +165,14 @@ class FedloomLegacyStrategy(FedAvg):
         reference = self.round.global_weights
         updates: list[ClientUpdate] = []
         rejected = [_failure_rejection(failure) for failure in failures]
-        num_bytes = 0
+        num_bytes = payload = 0
         secure = _is_secure_aggregate(results)
-        for proxy, fit_res in results:
-            num_bytes += sum(len(t) for t in fit_res.parameters.tensors)
+        # Flower's legacy server lists results in the order its threads finished: sort
+        # by client id so the float sums, hence the model, do not depend on timing
+        for proxy, fit_res in sorted(results, key=lambda result: str(result[0].cid)):
+            payload += sum(len(t) for t in fit_res.parameters.tensors)
+            num_bytes += legacy_message_num_bytes(fit_res, dst_node_id=_node_id(proxy.cid), reply=True,
+                                                  group_id=str(server_round))
             if fit_res.status.code != Code.OK:
                 rejected.append(Rejection(proxy.cid, "client_error", fit_res.status.message))
                 continue
@@ -163,11 +186,22 @@ class FedloomLegacyStrategy(FedAvg):
             updates.append(ClientUpdate(proxy.cid, weights, fit_res.num_examples, fit_res.metrics))
         # no "no_reply" rejections here: Flower's legacy server reports a client that
         # timed out as a failure (an exception without its cid), counted above
-        result, report = self.round.aggregate(server_round, updates, rejected, bytes_received=num_bytes)
+        result, report = self.round.aggregate(server_round, updates, rejected, bytes_received=num_bytes,
+                                              payload_received=payload)
         parameters = None if result.weights is None else ndarrays_to_parameters(result.weights)
         if parameters is not None and self.initial_parameters is not None:
             self.initial_parameters = parameters  # as FedAvgM: the next round starts from it
         return parameters, report.as_metrics()
+
+
+def _node_id(cid: str) -> int:
+    """The node id behind a legacy client id (Flower's compatibility layer uses
+    ``str(node_id)``); 0 for another kind of id (a custom ClientManager), which changes
+    only the few bytes of the id in the counted metadata."""
+    try:
+        return int(cid)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _is_secure_aggregate(results: list[tuple[ClientProxy, FitRes]]) -> bool:
@@ -207,6 +241,23 @@ class WeightedAverage(FedloomLegacyStrategy):
 class FederatedAveraging(FedloomLegacyStrategy):
     __doc__ = methods.federated_averaging.__doc__
     __init__ = methods.strategy_init(methods.federated_averaging, FedloomLegacyStrategy)
+
+
+class Scaffold(FedloomLegacyStrategy):
+    """SCAFFOLD needs the Message API (``fedloom.strategies.Scaffold``): a legacy
+    ``FitIns`` cannot carry the server control variate, nor a ``FitRes`` the client's
+    ``delta_c``. The class exists so that ``conf/strategy/scaffold.yaml`` names one
+    method for both APIs; it builds the same pipeline and refuses, with
+    ``ConfigError``, to configure a round."""
+
+    __init__ = methods.strategy_init(methods.scaffold, FedloomLegacyStrategy)
+
+    def configure_fit(self, server_round: int, parameters: Parameters,
+                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        raise ConfigError(
+            "SCAFFOLD needs Flower's Message API: use fedloom.strategies.Scaffold (or any "
+            "fedloom Message-API strategy with scaffold=True) in a ServerApp with a "
+            "Message-API ClientApp such as fedloom.clients.make_client_app.")
 
 
 class Hybrid(FedloomLegacyStrategy):

@@ -15,8 +15,6 @@ aborting the round; node sampling follows ``seed``; and each round's
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from logging import INFO
@@ -24,28 +22,40 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
+from flwr.supercore.differential_privacy import get_norm
 
-from fedloom.aggregation import ClientUpdate, Pipeline, Rejection, Schedule, Stage, check_finite, check_update
-from fedloom.compression import COMPRESSION_RECORD, decode_compressed
-from fedloom.errors import ConfigError, UpdateRejected
+from fedloom.aggregation import (
+    REASONS,
+    Pipeline,
+    Rejection,
+    Schedule,
+    Stage,
+    check_finite,
+    check_update,
+)
+from fedloom.errors import UpdateRejected
 from fedloom.records import (
     arrayrecord_num_bytes,
     arrayrecord_views,
+    message_num_bytes,
+    messages_num_bytes,
     ndarrays_to_arrayrecord,
 )
 from fedloom.strategies import methods
+from fedloom.strategies.replies import decode_train_replies
 from fedloom.strategies.reporting import RoundReport, average_client_metrics
 from fedloom.strategies.round import RoundAggregator
+from fedloom.strategies.scaffold import SCAFFOLD_RECORD
 
 __all__ = [
     "FedloomStrategy",
     "SimpleAverage",
     "WeightedAverage",
     "FederatedAveraging",
+    "Scaffold",
     "Hybrid",
 ]
 
@@ -70,6 +80,22 @@ class FedloomStrategy(FedAvg):
             (``None``) by default: it reads every update once more and makes a plain
             weighted average about 1.5x slower on large models (see
             ``benchmarks/aggregation.py``); fedloom's experiments turn it on (1000).
+        scaffold: run SCAFFOLD's server side (Karimireddy et al., ICML 2020, option II;
+            ``fedloom.strategies.scaffold``): every train message also carries the
+            server control variate ``c`` (ArrayRecord ``"scaffold-c"``, the model's
+            keys, zero at first); a reply carries ``"scaffold-delta-c"`` (one with other
+            keys, shapes or non-finite values is left out as ``malformed`` /
+            ``non_finite``; one without counts as ``delta_c = 0``: a client that does
+            not run SCAFFOLD); after a round that makes a new model,
+            ``c += (|S|/N) * mean of the used clients' delta_c`` (``N``: the nodes
+            connected at configure time). ``c`` is in :meth:`state_dict`. The clients
+            must run SCAFFOLD for it to mean anything (fedloom's Keras ``ClientApp``).
+
+    Bytes: each round report counts ``bytes-sent`` / ``bytes-received``, the train
+    messages and replies serialized as Flower 1.42 sends them
+    (:func:`fedloom.records.message_num_bytes`: arrays, configs, metrics, metadata;
+    every reply, rejected ones included), and ``payload-sent`` / ``payload-received``,
+    the ``.npy`` bytes of their arrays alone.
 
     Faults: an error reply is left out as ``client_error`` (``disconnected`` for the
     engine's node/message-unavailable codes); a sampled node with no reply by the round
@@ -106,6 +132,7 @@ class FedloomStrategy(FedAvg):
         arrayrecord_key: str = "arrays",
         configrecord_key: str = "config",
         absurd_norm_ratio: float | None = None,
+        scaffold: bool = False,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -119,7 +146,7 @@ class FedloomStrategy(FedAvg):
         )
         self.round = RoundAggregator(method, min_valid_updates=min_valid_updates, seed=seed,
                                      secure_sampling=secure_sampling,
-                                     absurd_norm_ratio=absurd_norm_ratio)
+                                     absurd_norm_ratio=absurd_norm_ratio, scaffold=scaffold)
         #: The global model to aggregate towards when no configure step sent one (as in
         #: Flower's ``FedAvgM``); the strategy keeps it at the latest aggregate.
         self.current_arrays: ArrayRecord | None = None
@@ -131,6 +158,7 @@ class FedloomStrategy(FedAvg):
     seed = property(lambda self: self.round.seed)
     secure_sampling = property(lambda self: self.round.secure_sampling)
     absurd_norm_ratio = property(lambda self: self.round.absurd_norm_ratio)
+    scaffold = property(lambda self: self.round.control_variate is not None)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -169,17 +197,24 @@ class FedloomStrategy(FedAvg):
         ``client_config`` (e.g. FedAvg's ``local-epochs``), plus ``server-round``.
         """
         self.current_arrays = arrays
+        model, keys = arrayrecord_views(arrays), list(arrays.keys())
         if self.fraction_train == 0.0:
-            self.round.begin_round(arrayrecord_views(arrays), list(arrays.keys()))
+            self.round.begin_round(model, keys)
             return []
         round_config = ConfigRecord(dict(config))
         round_config.update(self.round.client_config(server_round))
+        num_nodes = len(list(grid.get_node_ids()))
         node_ids = self._sample(grid, self.fraction_train, self.min_train_nodes)
-        self.round.begin_round(arrayrecord_views(arrays), list(arrays.keys()), sampled=node_ids,
-                               bytes_sent=len(node_ids) * arrayrecord_num_bytes(arrays))
         log(INFO, "configure_train: sampled %d nodes", len(node_ids))
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: round_config})
-        return self._construct_messages(record, node_ids, MessageType.TRAIN)
+        if self.round.control_variate is not None:
+            record[SCAFFOLD_RECORD] = ndarrays_to_arrayrecord(self.round.control_variate.ensure(model), keys)
+        messages = self._construct_messages(record, node_ids, MessageType.TRAIN)
+        payload = sum(arrayrecord_num_bytes(r) for r in record.array_records.values())
+        self.round.begin_round(model, keys, sampled=node_ids, num_nodes=num_nodes,
+                               bytes_sent=messages_num_bytes(messages),
+                               payload_sent=len(messages) * payload)
+        return messages
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -205,9 +240,14 @@ class FedloomStrategy(FedAvg):
         """
         replies = list(replies)
         self._adopt_current_arrays()
-        updates, rejected, num_bytes = self._decode_replies(replies)
+        updates, rejected, deltas = decode_train_replies(replies, self.round, self.weighted_by_key,
+                                                         type(self).__name__)
         rejected += self.round.missing_replies({str(m.metadata.src_node_id) for m in replies})
-        result, report = self.round.aggregate(server_round, updates, rejected, bytes_received=num_bytes)
+        result, report = self.round.aggregate(
+            server_round, updates, rejected, bytes_received=sum(map(message_num_bytes, replies)),
+            payload_received=sum(arrayrecord_num_bytes(r) for m in replies if m.has_content()
+                                 for r in m.content.array_records.values()),
+            control_deltas=deltas)
         arrays = None
         if result.weights is not None:
             arrays = ndarrays_to_arrayrecord(result.weights, self.round.global_keys)
@@ -219,96 +259,53 @@ class FedloomStrategy(FedAvg):
             self.round.use_global_model(arrayrecord_views(self.current_arrays),
                                         list(self.current_arrays.keys()))
 
-    def _decode_replies(
-        self, replies: list[Message]
-    ) -> tuple[list[ClientUpdate], list[Rejection], int]:
-        """Flower's replies as fedloom updates, and the ones left out with a reason.
-
-        Array keys are compared with the global model's, or, without one, with the
-        first decodable reply's."""
-        updates: list[ClientUpdate] = []
-        rejected: list[Rejection] = []
-        num_bytes = 0
-        keys = list(self.round.global_keys) if self.round.global_weights is not None else None
-        for msg in replies:
-            client_id = str(msg.metadata.src_node_id)
-            if msg.has_error():
-                reason = ("disconnected" if msg.error.code in _UNAVAILABLE_CODES
-                          else "client_error")
-                rejected.append(Rejection(
-                    client_id, reason, f"code {msg.error.code}: {msg.error.reason}"))
-                continue
-            array_records = [r for r in msg.content.values() if isinstance(r, ArrayRecord)]
-            metric_records = [r for r in msg.content.values() if isinstance(r, MetricRecord)]
-            if len(array_records) != 1 or len(metric_records) != 1:
-                rejected.append(Rejection(
-                    client_id, "malformed",
-                    f"expected 1 ArrayRecord and 1 MetricRecord; got "
-                    f"{len(array_records)} and {len(metric_records)}"))
-                continue
-            record, metrics = array_records[0], dict(metric_records[0])
-            num_bytes += arrayrecord_num_bytes(record)
-            num_examples = metrics.get(self.weighted_by_key, float("nan"))
-            compression = msg.content.get(COMPRESSION_RECORD)
-            if isinstance(compression, ConfigRecord):  # sent through compression_mod
-                if self.round.global_weights is None:
-                    raise ConfigError(
-                        f"{type(self).__name__}.aggregate_train: client {client_id} sent a "
-                        "compressed update, and decoding it needs the global model the "
-                        "client trained from; call configure_train first or set current_arrays.")
-                try:
-                    names, weights = decode_compressed(record, compression, self.round.global_weights)
-                except (ValueError, KeyError) as err:
-                    rejected.append(Rejection(client_id, "malformed", f"bad compressed update: {err}"))
-                    continue
-                if names != keys:
-                    rejected.append(Rejection(client_id, "malformed", "compressed update has other array keys"))
-                    continue
-                updates.append(ClientUpdate(client_id, weights, num_examples, metrics))
-                continue
-            if keys is None:
-                keys = list(record.keys())
-                if not self.round.global_keys:
-                    self.round.global_keys = keys
-            if list(record.keys()) != keys:
-                reason = "wrong_num_arrays" if len(record) != len(keys) else "malformed"
-                rejected.append(Rejection(
-                    client_id, reason,
-                    f"expected array keys {keys[:5]}... ({len(keys)}); "
-                    f"got {list(record.keys())[:5]}... ({len(record)})"))
-                continue
-            try:
-                weights = arrayrecord_views(record, keys)
-            except ValueError as err:
-                rejected.append(Rejection(client_id, "malformed", f"undecodable array: {err}"))
-                continue
-            updates.append(ClientUpdate(client_id, weights, num_examples, metrics))
-        return updates, rejected, num_bytes
-
     def screen_replies(self, replies: Iterable[Message]) -> list[Message]:
         """The replies this strategy could aggregate; the others are kept as rejections
-        for this round's report.
+        for this round's report (:meth:`reject`).
 
         For wrappers that touch the replies' arrays before this strategy sees them
         (Flower's DP wrappers clip every reply and drop the whole round on any error
         reply): screened first, a crashed, malformed, mis-shaped or non-finite reply is
         left out with its reason instead of crashing or voiding the round
-        (:class:`fedloom.privacy.ScreenReplies`). Call after :meth:`configure_train`.
+        (:class:`fedloom.privacy.ScreenReplies`). So is a ``zero_update``: an update
+        whose distance from the global model is 0 as Flower's clipping computes it
+        (``get_norm`` of the difference, in the arrays' dtype, so float32 underflow
+        counts): Flower 1.42's clipping divides by that norm and would end the run
+        with ``ZeroDivisionError``. Call after :meth:`configure_train`.
         """
         kept = []
         for msg in replies:
-            updates, rejected, _ = self._decode_replies([msg])
+            updates, rejected, _ = decode_train_replies([msg], self.round, self.weighted_by_key,
+                                                    type(self).__name__)
             if not rejected:
                 try:
                     check_update(updates[0].weights, self.round.global_weights or [])
                     check_finite(updates[0].weights)
                 except UpdateRejected as err:
                     rejected = [Rejection(updates[0].client_id, err.reason, str(err))]
-            if rejected:
-                self.round.screened.extend(rejected)
-            else:
+            if not rejected and self.round.global_weights is not None:
+                distance = get_norm([np.subtract(w, g) for w, g in
+                                     zip(updates[0].weights, self.round.global_weights)])
+                if not distance > 0.0:
+                    rejected = [Rejection(updates[0].client_id, "zero_update",
+                                          "the update equals the global model (distance 0)")]
+            for rejection in rejected:
+                self.reject(rejection.client_id, rejection.reason, rejection.detail)
+            if not rejected:
                 kept.append(msg)
         return kept
+
+    def reject(self, client_id: str, reason: str, detail: str) -> None:
+        """Leave ``client_id``'s reply of the current round out with ``reason`` (a tag
+        of ``checks.REASONS``) before aggregation; it is counted in the round's report
+        as the pipeline's own rejections are (and is not reported as ``no_reply``).
+
+        Raises:
+            ValueError: ``reason`` is not a tag of ``fedloom.aggregation.REASONS``.
+        """
+        if reason not in REASONS:
+            raise ValueError(f"unknown rejection reason {reason!r}; expected one of {sorted(REASONS)}.")
+        self.round.screened.append(Rejection(str(client_id), reason, detail))
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -330,12 +327,6 @@ class FedloomStrategy(FedAvg):
         return MetricRecord(average_client_metrics(pairs))
 
 
-#: Error codes with which the engine (not the ClientApp) reports a node it lost.
-_UNAVAILABLE_CODES = frozenset(
-    {ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE}
-)
-
-
 class SimpleAverage(FedloomStrategy):
     __doc__ = methods.simple_average.__doc__
     __init__ = methods.strategy_init(methods.simple_average, FedloomStrategy)
@@ -349,6 +340,18 @@ class WeightedAverage(FedloomStrategy):
 class FederatedAveraging(FedloomStrategy):
     __doc__ = methods.federated_averaging.__doc__
     __init__ = methods.strategy_init(methods.federated_averaging, FedloomStrategy)
+
+
+class _ControlVariates(FedloomStrategy):
+    """The base of :class:`Scaffold`: a fedloom strategy with ``scaffold=True``."""
+
+    def __init__(self, method: Pipeline | Schedule | Sequence[Stage], **options: Any) -> None:
+        super().__init__(method, scaffold=True, **options)
+
+
+class Scaffold(_ControlVariates):
+    __doc__ = methods.scaffold.__doc__
+    __init__ = methods.strategy_init(methods.scaffold, _ControlVariates)
 
 
 class Hybrid(FedloomStrategy):

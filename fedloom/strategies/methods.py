@@ -44,6 +44,7 @@ __all__ = [
     "simple_average",
     "weighted_average",
     "federated_averaging",
+    "scaffold",
     "size_quality",
     "robust_weighted",
     "warmup_then_fedavg",
@@ -191,6 +192,26 @@ def federated_averaging(
         client_config=client_config,
         name=name,
     )
+
+
+def scaffold(
+    *,
+    local_epochs: int = 1,
+    batch_size: int = 10,
+    server_learning_rate: float = 1.0,
+    server_momentum: float = 0.0,
+) -> Pipeline:
+    """SCAFFOLD (Karimireddy et al., ICML 2020, https://arxiv.org/abs/1910.06378,
+    option II): FedAvg's aggregation (arguments as :func:`federated_averaging`; the
+    paper's global step size is ``server_learning_rate``) whose strategy also keeps the
+    server control variate ``c`` and whose clients correct every local step by
+    ``c - c_i`` (the strategy's ``scaffold=True``; see ``fedloom.strategies.scaffold``).
+    Message API only: the legacy ``Scaffold`` refuses to configure a round."""
+    pipeline = federated_averaging(local_epochs=local_epochs, batch_size=batch_size,
+                                   server_learning_rate=server_learning_rate,
+                                   server_momentum=server_momentum)
+    pipeline.name = "scaffold"
+    return pipeline
 
 
 def size_quality(

@@ -37,8 +37,13 @@ class RoundReport:
         num_received: replies received (including errors).
         clients_used: ids of the clients whose updates made the new model.
         rejected: ``(client_id, reason, detail)`` for each update left out.
-        bytes_received: serialized bytes of the model updates received.
-        bytes_sent: serialized bytes of the global model sent to the round's clients.
+        bytes_received: serialized bytes of the round's train replies as Flower sends
+            them (every reply, errors and rejected ones included; see
+            ``fedloom.records.message_num_bytes``).
+        bytes_sent: serialized bytes of the round's train messages to its clients.
+        payload_received: the ``.npy`` bytes of the arrays in those replies (model,
+            SCAFFOLD's ``delta_c``): the part of ``bytes_received`` that is arrays.
+        payload_sent: the ``.npy`` bytes of the arrays in the train messages.
         aggregation_seconds: wall time spent aggregating.
         skipped_reason: non-empty when the global model was kept unchanged.
         client_metrics: the used clients' metrics averaged, weighted by num_examples.
@@ -52,6 +57,8 @@ class RoundReport:
     bytes_received: int
     aggregation_seconds: float
     bytes_sent: int = 0
+    payload_received: int = 0
+    payload_sent: int = 0
     skipped_reason: str = ""
     client_metrics: dict[str, float] = field(default_factory=dict)
 
@@ -65,6 +72,9 @@ class RoundReport:
         bytes_received: int,
         updates: Sequence[ClientUpdate],
         bytes_sent: int = 0,
+        *,
+        payload_received: int = 0,
+        payload_sent: int = 0,
     ) -> RoundReport:
         used = set(result.used)
         return cls(
@@ -75,6 +85,8 @@ class RoundReport:
             rejected=[(r.client_id, r.reason, r.detail) for r in result.rejected],
             bytes_received=bytes_received,
             bytes_sent=bytes_sent,
+            payload_received=payload_received,
+            payload_sent=payload_sent,
             aggregation_seconds=result.seconds,
             skipped_reason=result.skipped_reason,
             client_metrics=average_client_metrics(
@@ -97,6 +109,8 @@ class RoundReport:
                 "clients-rejected": len(self.rejected),
                 "bytes-received": int(self.bytes_received),
                 "bytes-sent": int(self.bytes_sent),
+                "payload-received": int(self.payload_received),
+                "payload-sent": int(self.payload_sent),
                 "aggregation-seconds": float(self.aggregation_seconds),
                 "round-skipped": int(bool(self.skipped_reason)),
             }

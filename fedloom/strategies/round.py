@@ -26,7 +26,8 @@ from fedloom.aggregation import (
 )
 from fedloom.errors import ConfigError
 from fedloom.strategies.guards import absurd_norm_guards
-from fedloom.strategies.reporting import RoundReport
+from fedloom.strategies.reporting import LOGGER, RoundReport
+from fedloom.strategies.scaffold import ServerControlVariate
 
 __all__ = ["RoundAggregator"]
 
@@ -44,6 +45,9 @@ class RoundAggregator:
             :meth:`state_dict`. Differential privacy's sampling amplification assumes
             the sample is secret; a seed from a config file is not.
         absurd_norm_ratio: the absurd-norm guard (see ``guards``); ``None``: off.
+        scaffold: keep SCAFFOLD's server control variate ``c`` (:attr:`control_variate`,
+            see ``fedloom.strategies.scaffold``), updated after every aggregated round
+            from the used clients' ``delta_c``.
 
     Attributes:
         schedule: the :class:`Schedule` (its pipelines hold the stage states).
@@ -51,6 +55,8 @@ class RoundAggregator:
         global_weights: the model the current round's clients trained from (numpy
             arrays), or ``None`` when none is known yet.
         global_keys: the names of its arrays (Message API ``ArrayRecord`` keys).
+        control_variate: SCAFFOLD's ``c`` (``None`` without ``scaffold``).
+        num_nodes: the nodes connected when the round was configured (SCAFFOLD's ``N``).
     """
 
     def __init__(
@@ -61,6 +67,7 @@ class RoundAggregator:
         seed: int | None = None,
         secure_sampling: bool = False,
         absurd_norm_ratio: float | None = None,
+        scaffold: bool = False,
     ) -> None:
         if isinstance(method, (list, tuple)) and all(isinstance(s, (Stage, tuple)) for s in method):
             method = Pipeline(*method, name="hybrid")
@@ -78,7 +85,10 @@ class RoundAggregator:
         self.reports: list[RoundReport] = []
         self.global_weights: list[np.ndarray] | None = None
         self.global_keys: list[str] = []
+        self.control_variate = ServerControlVariate() if scaffold else None
+        self.num_nodes = 0
         self.bytes_sent = 0
+        self.payload_sent = 0
         self.sampled: list[str] = []
         self.screened: list[Rejection] = []
 
@@ -101,12 +111,18 @@ class RoundAggregator:
         *,
         sampled: Sequence[Any] = (),
         bytes_sent: int = 0,
+        payload_sent: int = 0,
+        num_nodes: int = 0,
     ) -> None:
-        """Record what a configure step sent: the model, its keys, the nodes, the bytes."""
+        """Record what a configure step sent: the model, its keys, the nodes, the bytes
+        (``bytes_sent``: the serialized messages; ``payload_sent``: their arrays'
+        ``.npy`` bytes), and how many nodes were connected (``num_nodes``)."""
         self.global_weights = global_weights
         self.global_keys = list(keys)
         self.sampled = [str(node) for node in sampled]
         self.bytes_sent = int(bytes_sent)
+        self.payload_sent = int(payload_sent)
+        self.num_nodes = int(num_nodes)
         self.screened = []
 
     def use_global_model(self, global_weights: list[np.ndarray] | None, keys: Sequence[str] = ()) -> None:
@@ -130,9 +146,16 @@ class RoundAggregator:
         rejected: Sequence[Rejection],
         *,
         bytes_received: int = 0,
+        payload_received: int = 0,
+        control_deltas: Mapping[str, Sequence[np.ndarray]] | None = None,
     ) -> tuple[AggregationResult, RoundReport]:
         """Run the round's pipeline (after the guards) on ``updates``; log and keep the
         report. ``rejected`` are the replies already left out (errors, undecodable).
+        ``bytes_received`` / ``payload_received``: the replies' serialized bytes and
+        their arrays' bytes. ``control_deltas``: SCAFFOLD's ``delta_c`` by client id;
+        with :attr:`control_variate`, a round that makes a new model updates ``c`` with
+        the deltas of the clients it used (one without a delta counts as 0; ``N`` =
+        :attr:`num_nodes`, at least the number of replies).
 
         Without a global model (no configure step, none adopted), the replies' weights
         are aggregated directly when no stage needs the model; otherwise
@@ -150,10 +173,19 @@ class RoundAggregator:
         )
         report = RoundReport.from_result(
             server_round, pipeline.name, len(updates) + len(rejected), result, bytes_received,
-            updates, self.bytes_sent,
+            updates, self.bytes_sent, payload_received=payload_received,
+            payload_sent=self.payload_sent,
         )
         report.log()
         self.reports.append(report)
+        if result.weights is not None and self.control_variate is not None:
+            deltas = control_deltas or {}
+            used = [deltas[client] for client in result.used if client in deltas]
+            if len(used) < len(result.used):
+                LOGGER.warning("round %d: %d of the %d used replies carry no SCAFFOLD delta_c "
+                               "(counted as 0)", server_round, len(result.used) - len(used),
+                               len(result.used))
+            self.control_variate.update(used, max(self.num_nodes, len(updates) + len(rejected)))
         if result.weights is not None:
             self.global_weights = list(result.weights)
             if not self.global_keys:
@@ -164,9 +196,11 @@ class RoundAggregator:
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint must hold to continue bit for bit: the state of the
         node-sampling RNG (none with ``secure_sampling``) and the stage states of the
-        schedule by stage name (e.g. server momentum). Arrays stay numpy arrays;
-        everything else is JSON-compatible."""
+        schedule by stage name (e.g. server momentum), and SCAFFOLD's ``c`` under
+        ``"scaffold"``. Arrays stay numpy arrays; everything else is JSON-compatible."""
         state: dict[str, Any] = {"schedule": self.schedule.state_dict()}
+        if self.control_variate is not None:
+            state["scaffold"] = self.control_variate.state_dict()
         if not self.secure_sampling:
             version, internal, gauss = self.rng.getstate()
             state["rng"] = [version, list(internal), gauss]
@@ -178,3 +212,5 @@ class RoundAggregator:
             version, internal, gauss = state["rng"]
             self.rng.setstate((int(version), tuple(int(v) for v in internal), gauss))
         self.schedule.load_state_dict(state.get("schedule", {}))
+        if self.control_variate is not None:
+            self.control_variate.load_state_dict(state.get("scaffold", {}))
