@@ -38,6 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import threading  # noqa: E402
+import weakref  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -522,18 +523,25 @@ def _check_hyperparameters(
     return epochs, batch_size, lr
 
 
-_TRAINERS: dict[tuple[ModelSpec, float], KerasTrainer] = {}
+# One trainer per (thread, spec, momentum): the local engine's worker threads each train
+# on their own replica (a trainer serialises its calls, so one shared trainer would
+# serialise the workers). Entries of a finished thread go with its Thread object.
+_TRAINERS: weakref.WeakKeyDictionary[threading.Thread, dict[tuple[ModelSpec, float], KerasTrainer]] = (
+    weakref.WeakKeyDictionary())
 _TRAINERS_LOCK = threading.Lock()
 
 
 def get_trainer(spec: ModelSpec, *, momentum: float = 0.0) -> KerasTrainer:
-    """The process-wide trainer for ``(spec, momentum)``, built on first use.
+    """This thread's trainer for ``(spec, momentum)``, built on first use.
 
     A Flower simulation worker serves many clients; with this cache it builds,
     compiles and traces the model once instead of once per client or round.
     Trainers never keep client state between calls (each call loads the weights
-    it is given), so sharing is safe. The cache lives only as long as the process:
-    in a deployment every message starts a fresh ``flwr-clientapp`` process.
+    it is given), so sharing is safe. Each thread gets its own trainer (a model
+    replica), so the local engine's worker threads train concurrently; replicas of
+    one spec are built from the same seed and compute the same results. The cache
+    lives only as long as the process (and a replica as long as its thread): in a
+    deployment every message starts a fresh ``flwr-clientapp`` process.
     """
     if not isinstance(spec, ModelSpec):
         raise ConfigError(
@@ -541,14 +549,16 @@ def get_trainer(spec: ModelSpec, *, momentum: float = 0.0) -> KerasTrainer:
             "Build a KerasTrainer directly for a model-builder callable."
         )
     key = (spec, float(momentum))
-    with _TRAINERS_LOCK:
-        trainer = _TRAINERS.get(key)
+    with _TRAINERS_LOCK:  # also serialises model building (Keras/TF tracing) across threads
+        trainers = _TRAINERS.setdefault(threading.current_thread(), {})
+        trainer = trainers.get(key)
         if trainer is None:
-            trainer = _TRAINERS[key] = KerasTrainer(spec, momentum=momentum)
+            trainer = trainers[key] = KerasTrainer(spec, momentum=momentum)
         return trainer
 
 
 def clear_trainer_cache() -> None:
-    """Forget all cached trainers (their models are freed when unreferenced)."""
+    """Forget all cached trainers of every thread (their models are freed when
+    unreferenced)."""
     with _TRAINERS_LOCK:
         _TRAINERS.clear()

@@ -234,11 +234,13 @@ def _central_evaluation(trainer, dataset, strategy, history: RunHistory, round_m
 
 
 def _run_local(experiment: Experiment) -> list[dict[str, Any]]:
-    """fedloom's engine: every ClientApp call in this process, seeded node ids."""
-    from fedloom.engine import LocalGrid
+    """fedloom's engine: every ClientApp call in this process, seeded node ids, on
+    ``engine.workers`` threads."""
+    from fedloom.engine import LocalGrid, resolve_workers
 
     cfg = experiment.cfg
-    grid = LocalGrid(setup.build_client_app(cfg), int(cfg["num_clients"]), seed=int(cfg["seed"]))
+    grid = LocalGrid(setup.build_client_app(cfg), int(cfg["num_clients"]), seed=int(cfg["seed"]),
+                     workers=resolve_workers(cfg["engine"].get("workers")))
     return experiment.start(grid)
 
 

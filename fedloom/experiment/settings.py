@@ -112,6 +112,10 @@ def validate(cfg: Mapping[str, Any]) -> None:
     engine = (cfg.get("engine") or {}).get("name")
     if engine not in ENGINES:
         raise ConfigError(f"engine={engine!r} is not allowed: use engine=local or engine=flower.")
+    if engine == "local":
+        from fedloom.engine.workers import resolve_workers
+
+        resolve_workers((cfg.get("engine") or {}).get("workers"))
     if engine == "flower" and not _installed("ray"):
         raise ConfigError(
             "engine=flower needs Ray, which is not installed: pip install 'fedloom[ray]' "
