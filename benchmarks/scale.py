@@ -1,0 +1,248 @@
+"""Scale benchmarks (issue 17): the local engine's worker sweep.
+
+Section ``workers`` (W = 1, 2 by default; ``--workers 1 2 4``), each variant in a
+fresh process through ``simulate.py``'s path (``run_experiment``) on the local engine:
+
+- ``digits``: the default workload of ``python simulate.py`` (digits, 100 clients,
+  Dirichlet(0.5), 10 per round, MLP 64-64, E=1, B=10) for ``--digits-rounds`` rounds:
+  bound by per-call dispatch (a client update is about a millisecond of arithmetic);
+- ``fashion``: Fashion-MNIST, ``model=mcmahan_cnn``, 100 clients, 10 per round, E=5,
+  B=10, for ``--fashion-rounds`` rounds: compute-bound (TensorFlow already spreads one
+  client's convolutions over the cores).
+
+For each: median seconds per round over rounds 2.. (round 1 also builds the worker
+replicas), start-up seconds (launch to the end of round 1 minus one median round),
+peak memory of the process tree (summed RSS, sampled every 0.1 s; W threads hold W
+model replicas), final test accuracy, and a hash of the final weights (equal for every
+W: the engine is bit-identical across worker counts).
+
+Section ``probe`` answers "threads or processes?" on this machine: the same client
+updates (digits MLP, E=1, B=10, one after another from the global model) run serially,
+on W threads (one trainer replica per thread, TensorFlow's shared pools), and on W
+worker processes (each its own TensorFlow with ``cores // W`` threads, weights pickled
+both ways per call, data loaded once per process); seconds per client update.
+
+Run: ``python benchmarks/scale.py`` (about 4 minutes on 2 idle cores); writes
+``benchmarks/results/scale.json`` with the commit, versions, CPU and the load average
+before and after (the numbers mean little on a loaded machine: see ``load``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from process_tree import run_sampled  # noqa: E402  (sibling module of the benchmarks)
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKLOADS = {
+    "digits": [],  # simulate.py's defaults
+    "fashion": ["dataset=fashion_mnist", "model=mcmahan_cnn", "local_epochs=5", "batch_size=10"],
+}
+GOALS = {"digits": 0.65, "fashion": 1.0}  # W=2 round / W=1 round at most (issue 17)
+
+
+# ----------------------------------------------------------------------------- children
+def workload_config(workload: str, workers: int, rounds: int) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    overrides = [*WORKLOADS[workload], "engine=local", f"engine.workers={workers}",
+                 f"num_rounds={rounds}", "plot=false", "checkpoint_every=0"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
+
+
+def weights_hash(path: Path) -> str:
+    import numpy as np
+
+    digest = hashlib.sha256()
+    with np.load(path) as saved:
+        for key in sorted(saved.files):
+            digest.update(key.encode())
+            digest.update(np.ascontiguousarray(saved[key]).tobytes())
+    return digest.hexdigest()
+
+
+def run_workload(workload: str, workers: int, rounds: int) -> dict:
+    from fedloom.experiment import run_experiment
+
+    with tempfile.TemporaryDirectory() as out:
+        records = run_experiment(workload_config(workload, workers, rounds), out)
+        digest = weights_hash(Path(out) / "final_weights.npz")
+    return {"round_end": [r["time"] for r in records], "final_accuracy": records[-1]["accuracy"],
+            "final_weights_sha256": digest}
+
+
+def measure_workload(workload: str, workers: int, rounds: int, timeout: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "FEDLOOM_BENCH_LAUNCHED": repr(time.time())}
+        wall, peak = run_sampled(__file__, ["--child", workload, "--workers", str(workers),
+                                            "--rounds", str(rounds), "--out", str(out)], env, timeout)
+        result = json.loads(out.read_text())
+    launched = float(result.pop("launched"))
+    ends = result.pop("round_end")  # [initial evaluation, round 1, round 2, ...]
+    per_round = [b - a for a, b in zip(ends[1:], ends[2:])]
+    median = statistics.median(per_round) if per_round else ends[1] - ends[0]
+    return {"workload": workload, "workers": workers, "rounds": rounds,
+            "median_round_seconds": round(median, 4),
+            "round_seconds": [round(s, 4) for s in per_round],
+            "startup_seconds": round(ends[1] - launched - median, 2),
+            "wall_seconds": round(wall, 2), "peak_tree_rss_mb": round(peak / 2**20, 1), **result}
+
+
+# ----------------------------------------------------------------------------- probe
+@functools.cache
+def _probe_data():
+    sys.path.insert(0, str(ROOT))
+    from fedloom.experiment import setup
+
+    cfg = workload_config("digits", 1, 1)
+    dataset, clients = setup.federated_data(setup.data_key(cfg))
+    return setup.model_spec(cfg, dataset), clients
+
+
+def _probe_fit(index: int, weights=None):
+    """One client update of the probe (runs in a thread or a worker process)."""
+    from fedloom.clients import get_trainer
+
+    spec, clients = _probe_data()
+    trainer = get_trainer(spec)
+    data = clients[index % len(clients)]
+    start = trainer.initial_weights() if weights is None else weights
+    return trainer.fit(start, data.x_train, data.y_train, epochs=1, batch_size=10,
+                       learning_rate=0.1, seed=index)[0]
+
+
+def _probe_process_init(threads: int) -> None:
+    os.environ["FEDLOOM_TF_THREADS"] = str(threads)
+    _probe_fit(0)  # import TensorFlow, load data, build and trace the replica
+
+
+def probe(workers: int, calls: int, repeats: int = 3) -> dict:
+    """Seconds per client update: serial, ``workers`` threads, ``workers`` processes
+    (each mode ``repeats`` times, interleaved, so that a changing load hits all alike;
+    the median is reported)."""
+    import multiprocessing
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fedloom.engine import available_cores
+
+    weights = _probe_fit(0)  # a realistic global model, shipped to processes per call
+    threads = max(1, available_cores() // workers)
+    timings: dict[str, list[float]] = {}
+
+    def timed(name: str, run) -> None:
+        started = time.perf_counter()
+        run()
+        timings.setdefault(name, []).append((time.perf_counter() - started) / calls)
+
+    context = multiprocessing.get_context("spawn")
+    with ThreadPoolExecutor(workers) as threads_pool, context.Pool(
+            workers, initializer=_probe_process_init, initargs=(threads,)) as process_pool:
+        for _ in range(2):  # build every thread's replica; warm the processes
+            list(threads_pool.map(lambda i: _probe_fit(i, weights), range(4 * workers)))
+            process_pool.starmap(_probe_fit, [(i, weights) for i in range(4 * workers)])
+        for _ in range(repeats):
+            timed("serial", lambda: [_probe_fit(i, weights) for i in range(calls)])
+            timed(f"threads_{workers}",
+                  lambda: list(threads_pool.map(lambda i: _probe_fit(i, weights), range(calls))))
+            timed(f"processes_{workers}", lambda: process_pool.starmap(
+                _probe_fit, [(i, weights) for i in range(calls)], chunksize=1))
+    return {"calls": calls, "repeats": repeats, "workers": workers,
+            "tf_threads_per_process": threads,
+            "seconds_per_update": {k: round(statistics.median(v), 5) for k, v in timings.items()},
+            "all_seconds_per_update": {k: [round(x, 5) for x in v] for k, v in timings.items()}}
+
+
+# ----------------------------------------------------------------------------- report
+def provenance() -> dict:
+    import importlib.metadata as md
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    from fedloom.engine import available_cores
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain")),
+            "python": platform.python_version(),
+            "versions": {p: md.version(p) for p in ("flwr", "tensorflow-cpu", "keras", "numpy")
+                         if _installed(p)},
+            "cpu": cpu, "available_cores": available_cores(), "date": time.strftime("%Y-%m-%d")}
+
+
+def _installed(package: str) -> bool:
+    import importlib.metadata as md
+
+    try:
+        md.version(package)
+    except md.PackageNotFoundError:
+        return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sections", nargs="+", default=["workers", "probe"],
+                        choices=["workers", "probe"])
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--digits-rounds", type=int, default=20)
+    parser.add_argument("--fashion-rounds", type=int, default=3)
+    parser.add_argument("--probe-calls", type=int, default=100)
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per variant")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
+    parser.add_argument("--child", choices=sorted(WORKLOADS), help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        result = run_workload(args.child, args.workers[0], args.rounds)
+        result["launched"] = os.environ["FEDLOOM_BENCH_LAUNCHED"]
+        Path(args.out).write_text(json.dumps(result))
+        return
+
+    report = {"provenance": provenance(), "load_before": list(os.getloadavg())}
+    if "workers" in args.sections:
+        runs = []
+        for workload, rounds in (("digits", args.digits_rounds), ("fashion", args.fashion_rounds)):
+            for workers in args.workers:
+                runs.append(measure_workload(workload, workers, rounds, args.timeout))
+                print(json.dumps(runs[-1]), flush=True)
+        report["workers"] = runs
+        report["ratios"], report["bit_identical"] = {}, {}
+        for workload in WORKLOADS:
+            mine = {r["workers"]: r for r in runs if r["workload"] == workload}
+            serial = mine.get(1)
+            if serial is None:
+                continue
+            for workers, run in mine.items():
+                if workers != 1:
+                    ratio = run["median_round_seconds"] / serial["median_round_seconds"]
+                    report["ratios"][f"{workload}_w{workers}_over_w1"] = round(ratio, 3)
+            report["bit_identical"][workload] = len(
+                {r["final_weights_sha256"] for r in mine.values()}) == 1
+        report["goals"] = {f"{w}_w2_over_w1 <= {g}": report["ratios"].get(f"{w}_w2_over_w1", 99) <= g
+                           for w, g in GOALS.items()}
+    if "probe" in args.sections:
+        report["probe"] = probe(max(args.workers), args.probe_calls)
+        print(json.dumps(report["probe"]), flush=True)
+    report["load_after"] = list(os.getloadavg())
+    print(json.dumps({k: report.get(k) for k in ("ratios", "bit_identical", "goals")}, indent=1))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
