@@ -116,15 +116,16 @@ def test_a_crash_in_a_worker_is_the_same_error_reply_and_rejection(workers):
 
 
 def slow_counting_app(slow_partition: int, seconds: float) -> ClientApp:
-    """Counts its calls in the node state; one partition is slow."""
+    """Counts its calls in the node state; one partition is slow (between reading and
+    writing the count, so two of its calls at once would both count 1)."""
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         calls = int(context.state.get("calls", ConfigRecord({"n": 0}))["n"]) + 1
-        context.state["calls"] = ConfigRecord({"n": calls})
         if context.node_config["partition-id"] == slow_partition:
             time.sleep(seconds)
+        context.state["calls"] = ConfigRecord({"n": calls})
         return Message(RecordDict({"arrays": msg.content["arrays"], "metrics": MetricRecord(
             {"num-examples": 1, "calls": calls})}), reply_to=msg)
 
