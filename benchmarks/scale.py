@@ -223,7 +223,8 @@ def provenance() -> dict:
             "python": platform.python_version(),
             "versions": {p: md.version(p) for p in ("flwr", "tensorflow-cpu", "keras", "numpy")
                          if _installed(p)},
-            "cpu": cpu, "available_cores": available_cores(), "date": time.strftime("%Y-%m-%d")}
+            "cpu": cpu, "available_cores": available_cores(), "date": time.strftime("%Y-%m-%d"),
+            "FEDLOOM_TF_THREADS": os.environ.get("FEDLOOM_TF_THREADS")}  # None: TF's default pools
 
 
 def _installed(package: str) -> bool:

@@ -124,7 +124,7 @@ class KerasTrainer:
     A trainer is stateful (it holds the Keras variables), so calls are serialised
     with a lock; one trainer may serve any number of clients one after another,
     because every :meth:`fit`/:meth:`evaluate` starts by loading the weights it is
-    given. Use :func:`get_trainer` to share one per process.
+    given. Use :func:`get_trainer` to share one per thread of a process.
     """
 
     def __init__(
