@@ -10,6 +10,16 @@ Worker processes would each need their own TensorFlow runtime (hundreds of MB),
 a copy of the data, weights shipped both ways per call, and their own pool sizes
 (``cores // W`` each) to avoid oversubscription. ``benchmarks/scale.py`` measures both.
 
+The pool sizes are the same for every W, and that is part of what keeps results
+bit-identical across W: a convolutional model's updates depend on the intra-op thread
+count (oneDNN and Eigen split their reductions by it), so sizing the pools by W (e.g.
+``cores // W`` threads per worker) would change the weights with W. The price: on a
+compute-bound model, where one client's ops already keep the pool busy, W concurrent
+graph calls compete for the same cores and gain nothing (``benchmarks/scale.py``
+measures it); there ``FEDLOOM_TF_THREADS=1`` with W = cores (one core per client, as one
+process per core would be) is the configuration to compare, bit-identical across W too
+(but not to a run with TensorFlow's default pools).
+
 Each worker thread trains on its own model replica: :func:`fedloom.clients.get_trainer`
 keeps one trainer per thread. A replica holds no client state between calls (each call
 loads the weights it is sent), so which thread serves which client does not change
