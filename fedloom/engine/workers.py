@@ -106,12 +106,17 @@ def run_chains(
     pool = _pool(workers)
     futures = [pool.submit(lambda chain=chain: [call(item) for item in chain]) for chain in chains]
     results, error = [], None
-    for future in futures:  # wait for all, so no call outlives the round
-        try:
-            results.append(future.result())
-        except BaseException as ex:  # noqa: BLE001 - re-raised below, after the others
-            error = error or ex
-            results.append([])
+    try:
+        for future in futures:  # wait for all, so no call outlives the round
+            try:
+                results.append(future.result())
+            except Exception as ex:  # re-raised below, after the others
+                error = error or ex
+                results.append([])
+    except BaseException:  # e.g. KeyboardInterrupt while waiting: start no more chains
+        for future in futures:
+            future.cancel()
+        raise
     if error is not None:
         raise error
     return results
