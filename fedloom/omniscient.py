@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 from flwr.app import Message, MessageType, RecordDict

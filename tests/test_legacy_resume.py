@@ -5,7 +5,6 @@ checkpoint file, ends with the uninterrupted run's weights."""
 from __future__ import annotations
 
 import numpy as np
-from flwr.common import parameters_to_ndarrays
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 
 from fedloom.checkpoint import load_checkpoint, save_checkpoint

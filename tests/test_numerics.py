@@ -21,7 +21,6 @@ from fedloom.aggregation import (
     pairwise_squared_distances,
     trimmed_mean,
     update_norms,
-    weighted_mean,
 )
 from fedloom.aggregation._blocks import MAX_BUFFER_BYTES, STREAM_BLOCK, block_size_for
 from fedloom.aggregation.checks import normalise_weights

@@ -5,7 +5,7 @@ the arrays' payload (``payload-*``), in both Flower APIs."""
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common import Code, FitIns, FitRes, Status
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 

@@ -34,8 +34,16 @@ two experiments in one test session) never send messages under each other's run.
 What it adds: node ids and message ids follow ``seed``, so with a seeded strategy two
 runs pick the same clients and end with bit-identical weights.
 
-What it cannot do: interrupt a client call that is running (calls run one at a time,
-in this process), use GPUs per client, or spread over machines. Use Flower's Ray
+Workers: with ``workers=W > 1`` a batch of messages runs on W threads of this process
+(:mod:`fedloom.engine.workers`), each training on its own model replica. Results do not
+depend on W: a node's messages run in push order on one thread, replies come back in
+the order of the messages, every client seeds its shuffle from (seed, partition id,
+round), and the bookkeeping (bytes, timings, warnings, dropped late replies) is done
+afterwards in message order. ``workers=1`` (the default) runs every call in the
+calling thread, one after another.
+
+What it cannot do: interrupt a client call that is running (a late reply is dropped
+when the call ends), use GPUs per client, or spread over machines. Use Flower's Ray
 engine for those.
 """
 
@@ -48,6 +56,7 @@ import random
 import time
 import traceback
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from flwr.app import (
     ArrayRecord,
@@ -62,6 +71,8 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
+
+from fedloom.engine.workers import run_chains
 
 try:  # Flower >= 1.42: the process-wide identity Message() stamps on instructions
     from flwr.supercore.task_identity import TaskIdentity
@@ -103,6 +114,9 @@ class LocalGrid(Grid):
         seed: seeds node ids (and nothing global).
         run_config: the run config every ``Context`` carries.
         node_configs: optional per-node extra node config (merged over the default).
+        workers: how many threads run a batch of client calls (1: one after another
+            in the calling thread; see :func:`fedloom.engine.workers.resolve_workers`
+            for ``engine.workers``). Results are bit-identical for any value.
     """
 
     def __init__(
@@ -113,9 +127,16 @@ class LocalGrid(Grid):
         seed: int = 0,
         run_config: UserConfig | None = None,
         node_configs: Sequence[UserConfig] | None = None,
+        workers: int = 1,
     ) -> None:
         if num_nodes < 1:
             raise ValueError(f"LocalGrid needs num_nodes >= 1; got {num_nodes}.")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(
+                f"LocalGrid needs workers >= 1 (an int); got workers={workers!r}. Use 1 for "
+                "serial calls, or fedloom.engine.workers.resolve_workers(None) for all cores."
+            )
+        self.workers = workers
         rng = random.Random(seed)
         self._client_app = client_app
         self._run = Run.create_empty(run_id=rng.getrandbits(63))
@@ -220,9 +241,12 @@ class LocalGrid(Grid):
             wanted = list(self._pending) + [i for i in self._replies if i not in self._pending]
         else:
             wanted = list(reply_to_message_ids)
-        for message_id in wanted:
-            if message_id in self._pending:
-                self._deliver(message_id, deadline=None)
+        if self.workers == 1:
+            for message_id in wanted:
+                if message_id in self._pending:
+                    self._deliver(message_id, deadline=None)
+        else:
+            self._deliver_parallel([i for i in wanted if i in self._pending], deadline=None)
         return [self._replies.pop(i) for i in wanted if i in self._replies]
 
     def send_and_receive(
@@ -230,29 +254,63 @@ class LocalGrid(Grid):
     ) -> Iterable[Message]:
         ids = list(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
-        for message_id in ids:
-            if deadline is not None and time.monotonic() >= deadline:
+        if self.workers > 1:
+            not_started = self._deliver_parallel(ids, deadline)
+            if not_started:
                 LOGGER.warning("timeout after %.1f s: %d messages not delivered",
-                               timeout, sum(i in self._pending for i in ids))
-                break
-            self._deliver(message_id, deadline)
+                               timeout, not_started)
+        else:
+            for message_id in ids:
+                if deadline is not None and time.monotonic() >= deadline:
+                    LOGGER.warning("timeout after %.1f s: %d messages not delivered",
+                                   timeout, sum(i in self._pending for i in ids))
+                    break
+                self._deliver(message_id, deadline)
         for message_id in ids:  # undelivered ones expire, as with a TTL
             self._pending.pop(message_id, None)
         return [self._replies.pop(i) for i in ids if i in self._replies]
 
     # ------------------------------------------------------------------ delivery
     def _deliver(self, message_id: str, deadline: float | None) -> None:
+        """Run one pending message now, in this thread, and file its reply."""
         message = self._pending.pop(message_id)
+        self._file_reply(message_id, message, self._call(message), deadline)
+
+    def _deliver_parallel(self, message_ids: Sequence[str], deadline: float | None) -> int:
+        """Run these pending messages on the worker threads (one chain per node, in
+        push order) and file their replies in message order; return how many were
+        not started because ``deadline`` had passed."""
+        messages = [(i, self._pending.pop(i)) for i in message_ids if i in self._pending]
+        chains: dict[int, list[tuple[str, Message]]] = {}
+        for message_id, message in messages:
+            chains.setdefault(message.metadata.dst_node_id, []).append((message_id, message))
+
+        def call(item: tuple[str, Message]) -> _Call | None:
+            if deadline is not None and time.monotonic() >= deadline:
+                return None  # not started in time: no reply, as serially
+            return self._call(item[1])
+
+        done = run_chains(list(chains.values()), call, self.workers)
+        outcomes = {item[0]: outcome for chain, results in zip(chains.values(), done)
+                    for item, outcome in zip(chain, results)}
+        not_started = 0
+        for message_id, message in messages:
+            outcome = outcomes[message_id]
+            if outcome is None:
+                not_started += 1
+            else:
+                self._file_reply(message_id, message, outcome, deadline)
+        return not_started
+
+    def _call(self, message: Message) -> _Call:
+        """Hand ``message`` to the ``ClientApp`` (touching only its node's ``Context``);
+        a raised exception becomes an error reply. Safe on any thread."""
         node_id = message.metadata.dst_node_id
-        expires_at = message.metadata.created_at + message.metadata.ttl
-        if time.time() >= expires_at:
-            LOGGER.warning("message %s to node %d expired (TTL %.1f s) before delivery; "
-                           "not delivered", message_id, node_id, message.metadata.ttl)
-            return
+        if time.time() >= message.metadata.created_at + message.metadata.ttl:
+            return _Call(reply=None, seconds=0.0, ended=time.monotonic(), ended_at=time.time())
         delivered = Message(content=_copy_content(message.content),
                             metadata=copy.copy(message.metadata))
         delivered.metadata.delivered_at = datetime.datetime.now(datetime.timezone.utc).isoformat()
-        self.bytes_down += _record_bytes(message.content)
         started = time.perf_counter()
         try:
             reply = self._client_app(delivered, self.contexts[node_id])
@@ -264,18 +322,43 @@ class LocalGrid(Grid):
                       reason=f"{type(ex)}:<'{ex}'>"),
                 reply_to=delivered,
             )
-        self.clientapp_seconds += time.perf_counter() - started
-        if deadline is not None and time.monotonic() > deadline:
+        return _Call(reply=reply, seconds=time.perf_counter() - started,
+                     ended=time.monotonic(), ended_at=time.time())
+
+    def _file_reply(self, message_id: str, message: Message, outcome: _Call,
+                    deadline: float | None) -> None:
+        """Count a finished call and keep its reply unless it came too late."""
+        node_id = message.metadata.dst_node_id
+        if outcome.reply is None:
+            LOGGER.warning("message %s to node %d expired (TTL %.1f s) before delivery; "
+                           "not delivered", message_id, node_id, message.metadata.ttl)
+            return
+        self.bytes_down += _record_bytes(message.content)
+        self.clientapp_seconds += outcome.seconds
+        if deadline is not None and outcome.ended > deadline:
             LOGGER.warning("reply from node %d arrived after the timeout; dropped", node_id)
             return
-        if time.time() > expires_at:
+        if outcome.ended_at > message.metadata.created_at + message.metadata.ttl:
             LOGGER.warning("reply from node %d arrived after the message's TTL (%.1f s); "
                            "dropped", node_id, message.metadata.ttl)
             return
+        reply = outcome.reply
         reply.metadata.__dict__["_message_id"] = f"{message_id}-reply"
         if reply.has_content():
             self.bytes_up += _record_bytes(reply.content)
         self._replies[message_id] = reply
+
+
+@dataclass(frozen=True)
+class _Call:
+    """What one client call produced: its reply (``None``: the message had expired and
+    was not delivered), the ClientApp's seconds, and when it ended (``time.monotonic()``
+    for the round's timeout, ``time.time()`` for the message's TTL)."""
+
+    reply: Message | None
+    seconds: float
+    ended: float
+    ended_at: float
 
 
 def _check_message(message: Message) -> None:
@@ -318,12 +401,14 @@ def run_local(
     *,
     seed: int = 0,
     run_config: UserConfig | None = None,
+    workers: int = 1,
 ) -> Context:
-    """Run a Flower ``ServerApp`` against ``num_nodes`` local ``ClientApp`` nodes.
+    """Run a Flower ``ServerApp`` against ``num_nodes`` local ``ClientApp`` nodes
+    (``workers`` threads run each round's client calls; see :class:`LocalGrid`).
 
     Returns the server's ``Context`` after the run (as Flower's runtime does).
     """
-    grid = LocalGrid(client_app, num_nodes, seed=seed, run_config=run_config)
+    grid = LocalGrid(client_app, num_nodes, seed=seed, run_config=run_config, workers=workers)
     context = Context(
         run_id=grid.run.run_id, node_id=SUPERLINK_NODE_ID, node_config={},
         state=RecordDict(), run_config=dict(run_config or {}),

@@ -253,12 +253,14 @@ def _central_evaluation(trainer, dataset):
 
 
 def _run_local(experiment: Experiment) -> list[dict[str, Any]]:
-    """fedloom's engine: every ClientApp call in this process, seeded node ids."""
+    """fedloom's engine: every ClientApp call in this process, seeded node ids, on
+    ``engine.workers`` threads."""
     from fedloom.engine import LocalGrid
     from fedloom.omniscient import attack_grid
 
     settings = experiment.settings
-    grid = LocalGrid(builders.build_client_app(settings), settings.num_clients, seed=settings.seed)
+    grid = LocalGrid(builders.build_client_app(settings), settings.num_clients, seed=settings.seed,
+                     workers=settings.engine.workers)
     return experiment.start(attack_grid(grid, settings.attack))
 
 

@@ -46,7 +46,7 @@ from fedloom.records import (
 )
 from fedloom.strategies import methods
 from fedloom.strategies.replies import decode_train_replies
-from fedloom.strategies.reporting import RoundReport, average_client_metrics
+from fedloom.strategies.reporting import average_client_metrics
 from fedloom.strategies.round import RoundAggregator
 from fedloom.strategies.scaffold import SCAFFOLD_RECORD
 

@@ -129,6 +129,10 @@ class EngineSettings:
     num_cpus_per_client: int = 1
     num_gpus_per_client: float = 0.0
     ray_address: str | None = None
+    #: the local engine's worker threads (resolved: ``null`` in the config = the cores)
+    workers: int = 1
+    #: ``engine.workers`` as given, for :meth:`RunSettings.to_dict`
+    workers_config: Any = 1
 
 
 @dataclass(frozen=True)
@@ -387,7 +391,7 @@ def _engine(section: Mapping[str, Any]) -> EngineSettings:
     name = options.pop("name", None)
     if name not in ENGINES:
         raise ConfigError(f"engine={name!r} is not allowed: use engine=local or engine=flower.")
-    known = {"num_cpus_per_client", "num_gpus_per_client", "ray_address"}
+    known = {"num_cpus_per_client", "num_gpus_per_client", "ray_address", "workers"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(f"engine.{unknown[0]} is not an engine setting; known: {', '.join(sorted(known))}.")
@@ -401,7 +405,12 @@ def _engine(section: Mapping[str, Any]) -> EngineSettings:
     if not _is_number(gpus) or gpus < 0:
         raise ConfigError(f"engine.num_gpus_per_client={gpus!r} is not allowed: it must be a number >= 0.")
     address = options.get("ray_address")
-    return EngineSettings(name, cpus, float(gpus), None if address is None else str(address))
+    from fedloom.engine.workers import resolve_workers  # engine.workers: null, "auto" or >= 1
+
+    workers_config = options.get("workers", 1)
+    workers = resolve_workers(workers_config) if name == "local" else 1
+    return EngineSettings(name, cpus, float(gpus), None if address is None else str(address),
+                          workers, workers_config)
 
 
 def _installed(distribution: str) -> bool:
@@ -433,7 +442,7 @@ def _verbose(value: Any) -> bool:
 
 def _engine_dict(engine: EngineSettings) -> dict[str, Any]:
     if engine.name == "local":
-        return {"name": "local"}
+        return {"name": "local", "workers": engine.workers_config}
     return {"name": engine.name, "num_cpus_per_client": engine.num_cpus_per_client,
             "num_gpus_per_client": engine.num_gpus_per_client, "ray_address": engine.ray_address}
 
