@@ -93,7 +93,7 @@ def test_known_keys_and_hydra_syntax_pass_the_command_line_check(overrides):
     [
         (["num_rounds=-5"], "error: num_rounds=-5 is not allowed: it must be an integer >= 1."),
         (["fraction_train=1.2"], "error: fraction_train=1.2 is not allowed: it must be a number in (0.0, 1.0]."),
-        (["strategy=fedyogi"], "error: strategy='fedyogi' is not allowed: choose one of fedavg, fedprox, robust_centered_clip, robust_krum, "),
+        (["strategy=fedbulyan"], "error: strategy='fedbulyan' is not allowed: choose one of fedadagrad, fedadam, fedavg, fedprox, fedyogi, robust_bulyan, "),
         (["num_round=5"], "error: num_round=5 is not allowed: 'num_round' is not a fedloom setting (did you mean num_rounds?)"),
         (["strategy=robust_trimmed", "strategy.beta=0.6"], "error: strategy.beta=0.6 is not allowed: it must be in [0, 0.5)."),
         (["strategy=robust_trimmed", "strategy.beta=0.4", "strategy.bucket_size=1", "clients_per_round=2"],
