@@ -54,13 +54,25 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from provenance import provenance  # noqa: E402
 
-STRATEGIES = ["weighted", "simple", "robust_trimmed", "robust_median", "robust_krum", "robust_centered_clip"]
+STRATEGIES = ["weighted", "simple", "robust_trimmed", "robust_median", "robust_krum",
+              "robust_centered_clip", "robust_bulyan", "robust_geomed"]
 ATTACKS = {  # column -> Hydra overrides
     "none": ["attack=none"],
     "sign_flip": ["attack=sign_flip"],
     "scaling": ["attack=scaling"],
     "noise": ["attack=noise"],
     "sign_flip_x2": ["attack=sign_flip", "attack.scale=2"],
+    # omniscient attacks (fedloom.omniscient): crafted from the round's honest updates
+    "alie": ["attack=alie"],
+    "ipm_0.1": ["attack=ipm", "attack.eps=0.1"],
+    "ipm_100": ["attack=ipm", "attack.eps=100"],
+    "minmax": ["attack=minmax"],
+    "minsum": ["attack=minsum"],
+    "mimic": ["attack=mimic"],
+    "label_flip": ["attack=label_flip"],
+    # lying metadata: honest updates with num-examples=1e9, and ALIE with the same lie
+    "lie_1e9": ["attack=none", "attack.fraction=0.2", "attack.lie_num_examples=1e9"],
+    "alie_lie_1e9": ["attack=alie", "attack.lie_num_examples=1e9"],
 }
 
 
