@@ -50,7 +50,8 @@ class RecordingGrid(LocalGrid):
 
 def test_message_api_round_counts_each_message_flower_sends_and_receives():
     grid = RecordingGrid(message_app, 4, seed=2)
-    strategy = SimpleAverage(min_available_nodes=4, min_train_nodes=4, fraction_evaluate=0.0, seed=0)
+    strategy = SimpleAverage(min_available_nodes=4, min_train_nodes=4, fraction_evaluate=0.0, seed=0,
+                             count_message_bytes=True)
     strategy.start(grid=grid, initial_arrays=ArrayRecord(INITIAL_WEIGHTS), num_rounds=2)
     assert len(grid.pushed) == len(grid.replied) == 8
     for index, report in enumerate(strategy.reports):  # client 3 (NaN) is rejected, still counted
@@ -96,7 +97,8 @@ def test_legacy_round_report_counts_messages_and_payload():
 
     parameters = ndarrays_to_parameters([w + 1 for w in INITIAL_WEIGHTS])
     results = [(Proxy(str(n)), FitRes(Status(Code.OK, ""), parameters, 10, {"loss": 0.5})) for n in (5, 6)]
-    strategy = legacy.SimpleAverage(initial_parameters=ndarrays_to_parameters(INITIAL_WEIGHTS))
+    strategy = legacy.SimpleAverage(initial_parameters=ndarrays_to_parameters(INITIAL_WEIGHTS),
+                                    count_message_bytes=True)
     _, metrics = strategy.aggregate_fit(1, results, [])
     expected = sum(legacy_message_num_bytes(r, dst_node_id=int(p.cid), reply=True, group_id="1")
                    for p, r in results)
@@ -109,3 +111,14 @@ def test_legacy_messages_to_several_nodes_count_each_message_in_full():
     nodes = [11, 12, 13]
     one_by_one = sum(legacy_message_num_bytes(fit_ins, dst_node_id=n, group_id="4") for n in nodes)
     assert legacy_messages_num_bytes(fit_ins, nodes, group_id="4") == one_by_one > 3 * 80_000
+
+
+def test_without_message_counting_bytes_repeat_the_payload():
+    """The classes' default: no serializing and hashing of every message in the hot path;
+    ``bytes-*`` then equal ``payload-*`` (fedloom's experiments count whole messages)."""
+    grid = LocalGrid(message_app, 4, seed=0)
+    strategy = SimpleAverage(min_available_nodes=4, min_train_nodes=4, fraction_evaluate=0.0, seed=0)
+    messages = list(strategy.configure_train(1, ArrayRecord(INITIAL_WEIGHTS), ConfigRecord({}), grid))
+    _, metrics = strategy.aggregate_train(1, grid.send_and_receive(messages))
+    assert metrics["bytes-sent"] == metrics["payload-sent"] > 0
+    assert metrics["bytes-received"] == metrics["payload-received"] > 0

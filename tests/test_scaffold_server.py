@@ -32,7 +32,7 @@ def model_record(arrays=MODEL) -> ArrayRecord:
 
 def strategy(**options) -> Scaffold:
     return Scaffold(fraction_train=4 / NUM_NODES, min_train_nodes=4, min_available_nodes=NUM_NODES,
-                    fraction_evaluate=0.0, seed=3, **options)
+                    fraction_evaluate=0.0, seed=3, count_message_bytes=True, **options)
 
 
 def configure(s, server_round: int, grid: LocalGrid, arrays=MODEL) -> list[Message]:
@@ -105,7 +105,8 @@ def test_skipped_round_and_rejected_replies_leave_c_unchanged():
 def test_replies_with_delta_c_are_accepted_without_scaffold_and_c_is_not_sent():
     grid = LocalGrid(message_app, NUM_NODES, seed=1)
     plain = FederatedAveraging(fraction_train=4 / NUM_NODES, min_train_nodes=4,
-                               min_available_nodes=NUM_NODES, fraction_evaluate=0.0, seed=3)
+                               min_available_nodes=NUM_NODES, fraction_evaluate=0.0, seed=3,
+                               count_message_bytes=True)
     messages = list(plain.configure_train(1, model_record(), ConfigRecord({}), grid))
     assert all(SCAFFOLD_RECORD not in m.content for m in messages)
     ones = [np.ones(a.shape, np.float32) for a in MODEL]
@@ -135,7 +136,7 @@ def test_bytes_count_whole_messages_and_scaffold_about_doubles_them():
     rounds = {}
     for name, make in (("fedavg", FederatedAveraging), ("scaffold", Scaffold)):
         s = make(fraction_train=4 / NUM_NODES, min_train_nodes=4, min_available_nodes=NUM_NODES,
-                 fraction_evaluate=0.0, seed=3)
+                 fraction_evaluate=0.0, seed=3, count_message_bytes=True)
         grid = LocalGrid(message_app, NUM_NODES, seed=1)
         messages = configure(s, 1, grid, big)
         replies = [reply(m, [a + 1 for a in big], ones if name == "scaffold" else None)

@@ -74,11 +74,13 @@ class FedloomLegacyStrategy(FedAvg):
     set (as Flower's ``FedAvgM`` does), and otherwise aggregates the results' weights
     directly, unless a stage needs the global model (then ``ConfigError`` names it).
 
-    Bytes: ``bytes-sent`` / ``bytes-received`` count each ``FitIns`` sent and each
-    ``FitRes`` received (failures, which carry none, excluded) as the train Message
-    Flower's compatibility layer makes of it
-    (:func:`fedloom.records.legacy_message_num_bytes`); ``payload-sent`` /
-    ``payload-received`` their ``Parameters`` tensors alone. Under SecAgg+ each result
+    Bytes: ``payload-sent`` / ``payload-received`` count the ``Parameters`` tensors of
+    each ``FitIns`` sent and ``FitRes`` received; with ``count_message_bytes=True``,
+    ``bytes-sent`` / ``bytes-received`` count each as the train Message Flower's
+    compatibility layer makes of it (:func:`fedloom.records.legacy_message_num_bytes`;
+    failures, which carry none, excluded), else they repeat the payload (counting whole
+    messages serializes and hashes every byte: off by default, on in fedloom's
+    experiments). Under SecAgg+ each result
     holds the secure aggregate, not what the client sent (the masked vectors SecAgg+
     exchanges are not counted). SCAFFOLD needs the Message API.
 
@@ -89,9 +91,11 @@ class FedloomLegacyStrategy(FedAvg):
 
     def __init__(self, method: Pipeline | Schedule | Sequence[Stage], *, min_valid_updates: int = 1,
                  seed: int | None = None, secure_sampling: bool = False,
-                 absurd_norm_ratio: float | None = None, **fedavg_options: Any) -> None:
+                 absurd_norm_ratio: float | None = None, count_message_bytes: bool = False,
+                 **fedavg_options: Any) -> None:
         fedavg_options.setdefault("evaluate_metrics_aggregation_fn", average_client_metrics)
         super().__init__(**fedavg_options)
+        self.count_message_bytes = bool(count_message_bytes)
         self.round = RoundAggregator(method, min_valid_updates=min_valid_updates, seed=seed,
                                      secure_sampling=secure_sampling,
                                      absurd_norm_ratio=absurd_norm_ratio)
@@ -132,12 +136,14 @@ class FedloomLegacyStrategy(FedAvg):
         sample_size, min_num_clients = self.num_fit_clients(client_manager.num_available())
         clients = self._sample(client_manager, sample_size, min_num_clients)
         fit_ins = FitIns(parameters, config)
+        payload = len(clients) * sum(len(t) for t in parameters.tensors)
         self.round.begin_round(
             parameters_views(parameters), sampled=[c.cid for c in clients],
             num_nodes=client_manager.num_available(),
             bytes_sent=legacy_messages_num_bytes(fit_ins, [_node_id(c.cid) for c in clients],
-                                                 group_id=str(server_round)),
-            payload_sent=len(clients) * sum(len(t) for t in parameters.tensors))
+                                                 group_id=str(server_round))
+            if self.count_message_bytes else payload,
+            payload_sent=payload)
         return [(client, fit_ins) for client in clients]
 
     def configure_evaluate(
@@ -170,9 +176,11 @@ class FedloomLegacyStrategy(FedAvg):
         # Flower's legacy server lists results in the order its threads finished: sort
         # by client id so the float sums, hence the model, do not depend on timing
         for proxy, fit_res in sorted(results, key=lambda result: str(result[0].cid)):
-            payload += sum(len(t) for t in fit_res.parameters.tensors)
+            tensors = sum(len(t) for t in fit_res.parameters.tensors)
+            payload += tensors
             num_bytes += legacy_message_num_bytes(fit_res, dst_node_id=_node_id(proxy.cid), reply=True,
-                                                  group_id=str(server_round))
+                                                  group_id=str(server_round)) \
+                if self.count_message_bytes else tensors
             if fit_res.status.code != Code.OK:
                 rejected.append(Rejection(proxy.cid, "client_error", fit_res.status.message))
                 continue

@@ -91,11 +91,14 @@ class FedloomStrategy(FedAvg):
             connected at configure time). ``c`` is in :meth:`state_dict`. The clients
             must run SCAFFOLD for it to mean anything (fedloom's Keras ``ClientApp``).
 
-    Bytes: each round report counts ``bytes-sent`` / ``bytes-received``, the train
-    messages and replies serialized as Flower 1.42 sends them
-    (:func:`fedloom.records.message_num_bytes`: arrays, configs, metrics, metadata;
-    every reply, rejected ones included), and ``payload-sent`` / ``payload-received``,
-    the ``.npy`` bytes of their arrays alone.
+    Bytes: each round report counts ``payload-sent`` / ``payload-received``, the ``.npy``
+    bytes of the train messages' and replies' arrays, and ``bytes-sent`` /
+    ``bytes-received``: with ``count_message_bytes=True`` the messages serialized as
+    Flower 1.42 sends them (:func:`fedloom.records.message_num_bytes`: arrays, configs,
+    metrics, metadata; every reply, rejected ones included), else the payload again.
+    Off by default: counting serializes and hashes every byte of every message (as
+    Flower does before sending), which costs more than the aggregation itself on large
+    models (``benchmarks/aggregation.py``); fedloom's experiments turn it on.
 
     Faults: an error reply is left out as ``client_error`` (``disconnected`` for the
     engine's node/message-unavailable codes); a sampled node with no reply by the round
@@ -133,6 +136,7 @@ class FedloomStrategy(FedAvg):
         configrecord_key: str = "config",
         absurd_norm_ratio: float | None = None,
         scaffold: bool = False,
+        count_message_bytes: bool = False,
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
@@ -150,6 +154,8 @@ class FedloomStrategy(FedAvg):
         #: The global model to aggregate towards when no configure step sent one (as in
         #: Flower's ``FedAvgM``); the strategy keeps it at the latest aggregate.
         self.current_arrays: ArrayRecord | None = None
+        #: count whole serialized messages in ``bytes-*`` (see the class docstring)
+        self.count_message_bytes = bool(count_message_bytes)
 
     # the round owner's settings, under the names Flower users and fedloom code read
     schedule = property(lambda self: self.round.schedule)
@@ -210,10 +216,10 @@ class FedloomStrategy(FedAvg):
         if self.round.control_variate is not None:
             record[SCAFFOLD_RECORD] = ndarrays_to_arrayrecord(self.round.control_variate.ensure(model), keys)
         messages = self._construct_messages(record, node_ids, MessageType.TRAIN)
-        payload = sum(arrayrecord_num_bytes(r) for r in record.array_records.values())
+        payload = len(messages) * sum(arrayrecord_num_bytes(r) for r in record.array_records.values())
         self.round.begin_round(model, keys, sampled=node_ids, num_nodes=num_nodes,
-                               bytes_sent=messages_num_bytes(messages),
-                               payload_sent=len(messages) * payload)
+                               bytes_sent=messages_num_bytes(messages) if self.count_message_bytes else payload,
+                               payload_sent=payload)
         return messages
 
     def configure_evaluate(
@@ -243,10 +249,11 @@ class FedloomStrategy(FedAvg):
         updates, rejected, deltas = decode_train_replies(replies, self.round, self.weighted_by_key,
                                                          type(self).__name__)
         rejected += self.round.missing_replies({str(m.metadata.src_node_id) for m in replies})
+        payload = sum(arrayrecord_num_bytes(r) for m in replies if m.has_content()
+                      for r in m.content.array_records.values())
         result, report = self.round.aggregate(
-            server_round, updates, rejected, bytes_received=sum(map(message_num_bytes, replies)),
-            payload_received=sum(arrayrecord_num_bytes(r) for m in replies if m.has_content()
-                                 for r in m.content.array_records.values()),
+            server_round, updates, rejected, payload_received=payload,
+            bytes_received=sum(map(message_num_bytes, replies)) if self.count_message_bytes else payload,
             control_deltas=deltas)
         arrays = None
         if result.weights is not None:

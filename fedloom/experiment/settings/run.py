@@ -224,6 +224,7 @@ class RunSettings:
             "min_valid_updates": self.min_valid_updates,
             "seed": self.seed,
             "absurd_norm_ratio": self.absurd_norm_guard,
+            "count_message_bytes": True,  # history's bytes_up/down: whole messages
             **({"secure_sampling": True} if self.secret_sampling else {}),
         }
 
