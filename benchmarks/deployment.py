@@ -148,7 +148,8 @@ def measure_message_parts(repeats: int = 3, *, fedloom: bool = True) -> dict:
     parts = {"clientapp_imports_flower_only_s": import_seconds("flwr.clientapp, numpy", repeats)}
     if not fedloom:
         return parts
-    parts["clientapp_imports_s"] = import_seconds("flwr.clientapp, fedloom.clients", repeats)
+    # fedloom.clients imports TensorFlow lazily (on the first trainer), so import it too
+    parts["clientapp_imports_s"] = import_seconds("flwr.clientapp, fedloom.clients, tensorflow, keras", repeats)
     first, cached = [], []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
