@@ -1,6 +1,8 @@
 """An experiment's settings: the Hydra config checked and parsed once (:class:`RunSettings`).
 
-- ``run``: :class:`RunSettings` and its sections, the rules between settings, ``to_dict``.
+- ``run``: :class:`RunSettings`, the rules between settings, ``to_dict``.
+- ``sections``: one frozen dataclass per section (data, partition, model, strategy,
+  engine, compression, training) and the parsers of engine, compression, early stop.
 - ``strategy``: what can be checked of the ``strategy`` section before it is built.
 - ``deployment``: Flower's run config and a SuperNode's node config.
 - ``values``: one-line checks of single values.

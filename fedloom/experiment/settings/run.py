@@ -22,10 +22,24 @@ from typing import Any
 
 from fedloom.attacks import AttackPlan
 from fedloom.errors import ConfigError
+from fedloom.experiment.settings.sections import (
+    ENGINES,
+    CompressionSettings,
+    DataSettings,
+    EngineSettings,
+    ModelSettings,
+    PartitionSettings,
+    StrategySettings,
+    TrainingSettings,
+    compression_section,
+    early_stop_section,
+    engine_dict,
+    engine_section,
+    named_section,
+    verbose_setting,
+)
 from fedloom.experiment.settings.strategy import check_strategy
 from fedloom.experiment.settings.values import integer as _int
-from fedloom.experiment.settings.values import is_int as _is_int
-from fedloom.experiment.settings.values import is_number as _is_number
 from fedloom.experiment.settings.values import number as _number
 from fedloom.faults import FaultPlan
 from fedloom.privacy import PrivacySettings
@@ -45,8 +59,6 @@ __all__ = [
     "DEFAULT_ABSURD_NORM_RATIO",
 ]
 
-ENGINES = ("local", "flower")
-
 TOP_LEVEL_KEYS = {
     "dataset", "partition", "model", "strategy", "engine", "compression",
     "num_clients", "clients_per_round", "num_rounds", "local_epochs", "batch_size",
@@ -56,100 +68,6 @@ TOP_LEVEL_KEYS = {
     # when to stop (fedloom.early_stopping) and how much the terminal shows
     "early_stop", "verbose",
 }
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    """The ``dataset`` section: ``fedloom.data.load_dataset(name, **options)``."""
-
-    name: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PartitionSettings:
-    """The ``partition`` section: how the training set is split (``scheme`` and its options)."""
-
-    scheme: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    """The ``model`` section: a ``fedloom.models`` architecture and its options."""
-
-    name: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def spec(self, feature_shape, num_classes: int, seed: int):
-        """The :class:`fedloom.models.ModelSpec` for inputs of ``feature_shape`` (one
-        example, e.g. ``(64,)`` or ``(28, 28, 1)``) and ``num_classes`` outputs."""
-        from fedloom.models import ModelSpec  # light: keras is imported only when built
-
-        return ModelSpec(self.name, tuple(feature_shape), int(num_classes), seed=int(seed),
-                         options=dict(self.options))
-
-
-@dataclass(frozen=True)
-class StrategySettings:
-    """The ``strategy`` section: the constructor options (with Hydra's ``_target_``)
-    that ``hydra.utils.instantiate`` builds the strategy from."""
-
-    options: dict[str, Any]
-
-    @property
-    def target(self) -> str:
-        """The strategy's import path, e.g. ``fedloom.strategies.WeightedAverage``."""
-        return str(self.options["_target_"])
-
-    def instantiate(self, **sampling: Any):
-        """The strategy of ``options`` with the experiment's ``sampling`` arguments
-        (see :meth:`RunSettings.strategy_sampling`).
-
-        Raises:
-            ConfigError: the target cannot be imported, or its constructor refused the
-                options (in one line).
-        """
-        from hydra.utils import instantiate
-
-        try:
-            return instantiate(self.options, **sampling)
-        except Exception as err:  # Hydra wraps the constructor's TypeError/ConfigError
-            cause = err.__cause__ or err
-            raise ConfigError(
-                f"strategy={self.target} cannot be built: {cause}".replace("\n", " ")
-            ) from err
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """The ``engine`` section: ``local`` (fedloom's) or ``flower`` (Ray) and its resources."""
-
-    name: str
-    num_cpus_per_client: int = 1
-    num_gpus_per_client: float = 0.0
-    ray_address: str | None = None
-    #: the local engine's worker threads (resolved: ``null`` in the config = the cores)
-    workers: int = 1
-    #: ``engine.workers`` as given, for :meth:`RunSettings.to_dict`
-    workers_config: Any = 1
-
-
-@dataclass(frozen=True)
-class CompressionSettings:
-    """The ``compression`` section: the client-to-server codec (``none``: plain weights)."""
-
-    method: str = "none"
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class TrainingSettings:
-    """What every client is told each round: E local epochs, batch size B, SGD step size."""
-
-    local_epochs: int
-    batch_size: int
-    learning_rate: float
 
 
 @dataclass(frozen=True)
@@ -267,8 +185,8 @@ class RunSettings:
         learning_rate = _number(cfg, "learning_rate", 0.0, float("inf"), low_open=True, high_open=True)
         val_fraction = _number(cfg, "val_fraction", 0.0, 1.0, low_open=False, high_open=True)
         round_timeout = _number(cfg, "round_timeout", 0.0, float("inf"), low_open=True, high_open=False)
-        engine = _engine(cfg.get("engine") or {})
-        compression = _compression(cfg.get("compression") or {"method": "none"})
+        engine = engine_section(cfg.get("engine") or {})
+        compression = compression_section(cfg.get("compression") or {"method": "none"})
         every, resume, ratio = _reliability(cfg, deployed)
         faults = FaultPlan.from_config(cfg.get("faults") or {}, num_clients, seed)
         attack = AttackPlan.from_config(cfg.get("attack") or {"name": "none"}, num_clients, seed)
@@ -280,9 +198,9 @@ class RunSettings:
         strategy = dict(cfg.get("strategy") or {})
         check_strategy(strategy, per_round)
         settings = cls(
-            data=DataSettings(*_named(cfg, "dataset", "name")),
-            partition=PartitionSettings(*_named(cfg, "partition", "scheme")),
-            model=ModelSettings(*_named(cfg, "model", "name")),
+            data=DataSettings(*named_section(cfg, "dataset", "name")),
+            partition=PartitionSettings(*named_section(cfg, "partition", "scheme")),
+            model=ModelSettings(*named_section(cfg, "model", "name")),
             strategy=StrategySettings(strategy), engine=engine, compression=compression,
             training=TrainingSettings(local_epochs, batch_size, learning_rate),
             faults=faults, attack=attack, privacy=privacy,
@@ -290,9 +208,9 @@ class RunSettings:
             val_fraction=val_fraction, seed=seed, min_valid_updates=min_valid,
             round_timeout=round_timeout, plot=bool(cfg.get("plot", True)), fraction_train=fraction,
             absurd_norm_ratio=ratio, checkpoint_every=every, resume=resume, deployed=deployed,
-            privacy_config=dp_section, early_stop=_early_stop(cfg.get("early_stop")),
+            privacy_config=dp_section, early_stop=early_stop_section(cfg.get("early_stop")),
             early_stop_config=dict(cfg.get("early_stop") or {}),
-            verbose=_verbose(cfg.get("verbose", False)),
+            verbose=verbose_setting(cfg.get("verbose", False)),
         )
         if build_check:
             with _quiet_flower():  # a trial build for the constructor's own checks, now
@@ -307,7 +225,7 @@ class RunSettings:
             "partition": {"scheme": self.partition.scheme, **self.partition.options},
             "model": {"name": self.model.name, **self.model.options},
             "strategy": self.strategy.options,
-            "engine": _engine_dict(self.engine),
+            "engine": engine_dict(self.engine),
             "compression": {"method": self.compression.method, **self.compression.options},
             "faults": self.faults.to_config(),
             "attack": self.attack.to_config(),
@@ -376,85 +294,6 @@ def _privacy(section: Mapping[str, Any], per_round: int, num_clients: int,
             "Use compression=none with DP."
         )
     return privacy
-
-
-def _named(cfg: Mapping[str, Any], section: str, key: str) -> tuple[str, dict[str, Any]]:
-    """``(cfg[section][key], the section's other options)``."""
-    options = dict(cfg.get(section) or {})
-    if not isinstance(options.get(key), str):
-        raise ConfigError(f"{section} has no {key}: pick one of conf/{section}/*.yaml, "
-                          f"e.g. {section}=<file name>.")
-    return options.pop(key), options
-
-
-def _engine(section: Mapping[str, Any]) -> EngineSettings:
-    options = dict(section)
-    name = options.pop("name", None)
-    if name not in ENGINES:
-        raise ConfigError(f"engine={name!r} is not allowed: use engine=local or engine=flower.")
-    known = {"num_cpus_per_client", "num_gpus_per_client", "ray_address", "workers"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(f"engine.{unknown[0]} is not an engine setting; known: {', '.join(sorted(known))}.")
-    if name == "flower" and not _installed("ray"):
-        raise ConfigError("engine=flower needs Ray, which is not installed: pip install 'fedloom[ray]' "
-                          "(Flower's simulation extra), or use engine=local.")
-    cpus = options.get("num_cpus_per_client", 1)
-    if not _is_int(cpus) or cpus < 1:
-        raise ConfigError(f"engine.num_cpus_per_client={cpus!r} is not allowed: it must be an integer >= 1.")
-    gpus = options.get("num_gpus_per_client", 0.0)
-    if not _is_number(gpus) or gpus < 0:
-        raise ConfigError(f"engine.num_gpus_per_client={gpus!r} is not allowed: it must be a number >= 0.")
-    address = options.get("ray_address")
-    from fedloom.engine.workers import resolve_workers  # engine.workers: null, "auto" or >= 1
-
-    workers_config = options.get("workers", 1)
-    workers = resolve_workers(workers_config) if name == "local" else 1
-    return EngineSettings(name, cpus, float(gpus), None if address is None else str(address),
-                          workers, workers_config)
-
-
-def _installed(distribution: str) -> bool:
-    """Whether ``distribution`` is installed (its metadata, not a same-named folder)."""
-    import importlib.metadata
-
-    try:
-        importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-def _early_stop(section: Mapping[str, Any] | None):
-    """The ``early_stop`` section as a :class:`fedloom.early_stopping.EarlyStop`, or ``None``."""
-    from fedloom.early_stopping import EarlyStop
-
-    try:
-        return EarlyStop.from_config(section)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(str(err)) from None
-
-
-def _verbose(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"verbose={value!r} is not allowed: use verbose=true or verbose=false.")
-    return value
-
-
-def _engine_dict(engine: EngineSettings) -> dict[str, Any]:
-    if engine.name == "local":
-        return {"name": "local", "workers": engine.workers_config}
-    return {"name": engine.name, "num_cpus_per_client": engine.num_cpus_per_client,
-            "num_gpus_per_client": engine.num_gpus_per_client, "ray_address": engine.ray_address}
-
-
-def _compression(section: Mapping[str, Any]) -> CompressionSettings:
-    from fedloom.compression import make_codec  # checks the method and its options
-
-    options = dict(section)
-    method = options.pop("method", "none")
-    make_codec(method, **options)
-    return CompressionSettings(method, options)
 
 
 def _reliability(cfg: Mapping[str, Any], deployed: bool) -> tuple[int, str | None, float | None]:
