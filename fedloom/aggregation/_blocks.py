@@ -97,8 +97,8 @@ def cast_like(values: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- threads
 # numpy releases the GIL inside its array loops, so blocks of one array can be reduced
-# by several threads at once. Measured on the 2-core CI machine (2026-11-25, weighted
-# mean of 100 x 1M float32): 1 thread 24 ms, 2 threads 16 ms.
+# by several threads at once (``benchmarks/aggregation.py`` compares 1 thread with the
+# default).
 STREAM_BLOCK = 65_536  # coordinates per block for streaming reducers (256 KiB of float32)
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
