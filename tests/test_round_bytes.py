@@ -79,8 +79,13 @@ def test_legacy_fit_ins_and_res_count_as_the_messages_flowers_compat_layer_sends
     fit_ins = FitIns(ndarrays_to_parameters(INITIAL_WEIGHTS), {"local-epochs": 1})
     fit_res = proxy.fit(fit_ins, timeout=None, group_id=1)
     assert fit_res.status.code == Code.OK
-    assert legacy_message_num_bytes(fit_ins, dst_node_id=node, group_id="1") == grid.pushed[0]
-    assert legacy_message_num_bytes(fit_res, dst_node_id=node, reply=True, group_id="1") == grid.replied[0]
+    # The rebuilt metadata carries the process's run and task ids, the grid's messages its
+    # own random run id: protobuf writes those 64-bit ids as varints, whose length can
+    # differ by a byte. Anything the count leaves out (a config, a metric, an array
+    # chunk) is tens of bytes or more.
+    assert abs(legacy_message_num_bytes(fit_ins, dst_node_id=node, group_id="1") - grid.pushed[0]) <= 2
+    assert abs(legacy_message_num_bytes(fit_res, dst_node_id=node, reply=True, group_id="1")
+               - grid.replied[0]) <= 2
 
 
 def test_legacy_round_report_counts_messages_and_payload():
