@@ -14,19 +14,18 @@ refused; everything else receives a :class:`RunSettings` or the part it needs.
 
 from fedloom.experiment.settings.deployment import DeploymentSettings, NodeSettings
 from fedloom.experiment.settings.overrides import check_overrides
-from fedloom.experiment.settings.run import (
-    DEFAULT_ABSURD_NORM_RATIO,
+from fedloom.experiment.settings.run import TOP_LEVEL_KEYS, RunSettings
+from fedloom.experiment.settings.sections import (
     ENGINES,
-    TOP_LEVEL_KEYS,
     CompressionSettings,
     DataSettings,
     EngineSettings,
     ModelSettings,
     PartitionSettings,
-    RunSettings,
     StrategySettings,
     TrainingSettings,
 )
+from fedloom.strategies.reporting import DEFAULT_ABSURD_NORM_RATIO
 
 __all__ = [
     "RunSettings",

@@ -23,7 +23,6 @@ from typing import Any
 from fedloom.attacks import AttackPlan
 from fedloom.errors import ConfigError
 from fedloom.experiment.settings.sections import (
-    ENGINES,
     CompressionSettings,
     DataSettings,
     EngineSettings,
@@ -45,19 +44,7 @@ from fedloom.faults import FaultPlan
 from fedloom.privacy import PrivacySettings
 from fedloom.strategies.reporting import DEFAULT_ABSURD_NORM_RATIO
 
-__all__ = [
-    "RunSettings",
-    "DataSettings",
-    "PartitionSettings",
-    "ModelSettings",
-    "StrategySettings",
-    "EngineSettings",
-    "CompressionSettings",
-    "TrainingSettings",
-    "TOP_LEVEL_KEYS",
-    "ENGINES",
-    "DEFAULT_ABSURD_NORM_RATIO",
-]
+__all__ = ["RunSettings", "TOP_LEVEL_KEYS"]
 
 TOP_LEVEL_KEYS = {
     "dataset", "partition", "model", "strategy", "engine", "compression",
