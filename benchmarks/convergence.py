@@ -12,19 +12,25 @@ Setups (issue 6):
   round, logistic regression, E=5, B=10, lr 0.01.
 
 Each strategy config of ``conf/strategy/`` runs on each setup (robust ones with settings
-the client count allows), plus int8 and top-k (10%) compression of ``weighted`` on digits
-and Fashion-MNIST. Each setup gets a report (``fedloom.report``): a plot of accuracy per
-round and per megabyte, and a table. Everything lands in ``benchmarks/results/``:
-``convergence.md`` (all tables), ``convergence.json`` and ``convergence_<setup>.png``;
-a run with ``--setups`` replaces those setups' tables and keeps the others.
+the client count allows; a rule the setup cannot run is listed with the reason), plus int8
+and top-k (10%) compression of ``weighted`` on digits and Fashion-MNIST, and a
+``centralised`` row: the same model trained on the pooled training data, the ceiling every
+federated row is measured against. With ``--grid``, FedAdam/FedYogi/FedAdagrad's server rate
+and FedProx's mu are tuned on the setups marked ``grid`` (first seed; the grid is reported).
+Each setup gets a plot of accuracy per round and per megabyte (first seed) and a table.
+Everything lands in ``benchmarks/results/``: ``convergence.md`` (all tables),
+``convergence.json`` and ``convergence_<setup>.png``; ``--setups`` replaces those setups and
+keeps the others, ``--rows`` reruns some rows of a setup and keeps its other rows (each row
+records the commit it was measured at).
 
 Every run is repeated for each of ``--seeds`` (default 0,1,2; the seed moves the
 partition, the sampling and the model's start); tables give the mean ± sample standard
-deviation over seeds, the JSON keeps every seed's summary, and the plots show the
-first seed.
+deviation over seeds and the JSON keeps every seed's summary. For Fashion-MNIST and
+Synthetic(1,1) the JSON's ``goal`` compares SCAFFOLD, the adaptive optimisers and FedProx
+with FedAvg (rounds to target at most 0.8x and at least 2 points higher).
 
-Run: ``python benchmarks/convergence.py`` (all, 3 seeds; about an hour on 2 cores) or
-``--setups digits,heart --rounds-scale 0.5 --seeds 0``.
+Run: ``python benchmarks/convergence.py --grid`` (all, 3 seeds; several hours on 2 cores),
+``--setups fashion --rows scaffold,centralised`` or ``--setups digits --rounds-scale 0.5 --seeds 0``.
 """
 
 from __future__ import annotations
@@ -41,25 +47,46 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from provenance import provenance  # noqa: E402
-from readme_figures import convergence_table, measured  # noqa: E402
+from readme_figures import convergence_notes, convergence_table  # noqa: E402
 STRATEGIES = ["simple", "weighted", "weighted_quality", "size_quality", "fedavg",
-              "warmup_fedavg", "robust_trimmed", "robust_krum", "robust_median", "robust_centered_clip"]
+              "warmup_fedavg", "robust_trimmed", "robust_krum", "robust_median", "robust_centered_clip",
+              "fedadam", "fedyogi", "fedadagrad", "fedprox", "scaffold",
+              "robust_bulyan", "robust_geomed", "robust_trimmed_adam"]
+CENTRALISED = "centralised"
 
+# Tuned on the setups marked ``grid``, on the first seed, as Reddi et al. 2021 tune the server
+# rate per task (Flower's defaults: eta 0.1 for all three) and Li et al. 2020 tune FedProx's mu.
+# The value with the best mean accuracy over the last 5 rounds is then run on every seed.
+GRIDS = {
+    "fedadam": ("strategy.server_learning_rate", [0.01, 0.03, 0.1]),
+    "fedyogi": ("strategy.server_learning_rate", [0.01, 0.03, 0.1]),
+    "fedadagrad": ("strategy.server_learning_rate", [0.03, 0.1, 0.3]),
+    "fedprox": ("strategy.proximal_mu", [0.01, 0.1, 1.0]),
+}
+
+# central_epochs: passes over the pooled training data for the centralised row, the same
+# number of passes the federated run makes in expectation (rounds x E x clients per round /
+# clients), so that the ceiling is reached with the same amount of client computation.
 SETUPS = {
-    "digits": {"rounds": 100, "target": 0.85, "compression": True, "overrides": [
+    "digits": {"rounds": 100, "target": 0.85, "compression": True, "central_epochs": 10, "overrides": [
         "dataset=digits", "partition=dirichlet", "partition.alpha=0.5", "num_clients=100",
         "clients_per_round=10", "model=mlp", "local_epochs=1", "batch_size=10", "learning_rate=0.1"]},
-    "fashion": {"rounds": 40, "target": 0.75, "compression": True, "overrides": [
+    "fashion": {"rounds": 40, "target": 0.75, "compression": True, "central_epochs": 20, "grid": True,
+                "overrides": [
         "dataset=fashion_mnist", "partition=shards", "partition.num_shards_per_partition=2",
         "num_clients=100", "clients_per_round=10", "model=mcmahan_2nn", "local_epochs=5",
         "batch_size=10", "learning_rate=0.05", "val_fraction=0.1"]},
-    "heart": {"rounds": 50, "target": 0.8, "compression": False, "overrides": [
+    "heart": {"rounds": 50, "target": 0.8, "compression": False, "central_epochs": 50, "overrides": [
         "dataset=heart_disease", "partition=natural", "num_clients=4", "clients_per_round=4",
         "model=logreg", "local_epochs=1", "batch_size=10", "learning_rate=0.05"],
         "strategy_overrides": {"robust_trimmed": ["strategy.beta=0.25", "strategy.bucket_size=1"],
+                               "robust_trimmed_adam": ["strategy.beta=0.25", "strategy.bucket_size=1"],
                                "robust_median": ["strategy.bucket_size=1"],
-                               "robust_krum": ["strategy.num_byzantine=1"]}},
-    "synthetic": {"rounds": 100, "target": 0.6, "compression": False, "overrides": [
+                               "robust_geomed": ["strategy.bucket_size=1"],
+                               "robust_krum": ["strategy.num_byzantine=1"]},
+        "not_run": {"robust_bulyan": "Bulyan needs 4f + 3 >= 7 clients per round; heart has 4"}},
+    "synthetic": {"rounds": 100, "target": 0.6, "compression": False, "central_epochs": 167, "grid": True,
+                  "overrides": [
         "dataset=synthetic", "partition=natural", "num_clients=30", "clients_per_round=10",
         "model=logreg", "local_epochs=5", "batch_size=10", "learning_rate=0.01"]},
 }
@@ -74,45 +101,178 @@ def compose(overrides: list[str]) -> dict:
         return OmegaConf.to_container(hydra_compose("config", overrides=overrides), resolve=True)
 
 
-def runs_of(setup: dict, rounds: int, seed: int) -> dict[str, list[str]]:
+def runs_of(setup: dict) -> dict[str, list[str]]:
+    """Each row's overrides beyond the setup's (no seed, no rounds)."""
     runs = {}
     for strategy in STRATEGIES:
-        runs[strategy] = [f"strategy={strategy}", *setup.get("strategy_overrides", {}).get(strategy, [])]
+        if strategy not in setup.get("not_run", {}):
+            runs[strategy] = [f"strategy={strategy}", *setup.get("strategy_overrides", {}).get(strategy, [])]
     if setup["compression"]:
         runs["weighted+int8"] = ["strategy=weighted", "compression=int8"]
         runs["weighted+topk10%"] = ["strategy=weighted", "compression=topk", "compression.density=0.1"]
-    return {label: [*setup["overrides"], *extra, f"seed={seed}", f"num_rounds={rounds}", "plot=false"]
-            for label, extra in runs.items()}
+    return runs
 
 
-def run_setup(name: str, setup: dict, rounds: int, seeds: list[int], work: Path) -> dict:
-    """Every run of ``name`` once per seed; ``runs`` holds, per label, each seed's summary."""
+def run_once(name: str, setup: dict, label: str, extra: list[str], rounds: int, seed: int,
+             directory: Path) -> dict:
+    """One federated run; its :func:`fedloom.report.summarise` as a dict with the seed."""
     from fedloom.experiment import run_experiment
-    from fedloom.report import plot, summarise
+    from fedloom.report import summarise
 
+    overrides = [*setup["overrides"], *extra, f"seed={seed}", f"num_rounds={rounds}", "plot=false"]
+    started = time.time()
+    records = run_experiment(compose(overrides), directory)
+    print(f"{name:10s} {label:22s} seed {seed}  final {records[-1]['accuracy']:.4f}  "
+          f"{time.time() - started:6.1f} s", flush=True)
+    summary = summarise(directory, setup["target"])
+    summary.label = label
+    return {"seed": seed, **vars(summary)}
+
+
+def last_rounds_accuracy(directory: Path, rounds: int = 5) -> float:
+    records = json.loads((directory / "history.json").read_text())
+    return statistics.fmean(float(r["accuracy"]) for r in records[-rounds:])
+
+
+def tune(name: str, setup: dict, label: str, extra: list[str], rounds: int, seed: int,
+         work: Path) -> tuple[list[str], dict, dict]:
+    """Grid of :data:`GRIDS` for ``label`` on ``seed``: ``(chosen overrides, the chosen
+    value's run summary, the grid's record)``."""
+    key, values = GRIDS[label]
+    tried = []
+    for value in values:
+        directory = work / name / f"{label}-grid" / f"{key.split('.')[-1]}={value}"
+        summary = run_once(name, setup, f"{label} {key.split('.')[-1]}={value}",
+                           [*extra, f"{key}={value}"], rounds, seed, directory)
+        tried.append({"value": value, "final_accuracy": summary["final_accuracy"],
+                      "last5_accuracy": last_rounds_accuracy(directory), "summary": summary})
+    best = max(tried, key=lambda t: t["last5_accuracy"])
+    record = {"key": key, "seed": seed, "chosen": best["value"],
+              "tried": [{k: t[k] for k in ("value", "final_accuracy", "last5_accuracy")} for t in tried]}
+    summary = {**best["summary"], "label": label}
+    return [*extra, f"{key}={best['value']}"], summary, record
+
+
+def centralised(name: str, setup: dict, seed: int, directory: Path) -> dict:
+    """The ceiling: the setup's model trained by SGD on the pooled training data (all
+    clients' examples, ``central_epochs`` passes, the clients' batch size and rate), one
+    evaluation per epoch on the same test set. Its "rounds" are epochs."""
+    from fedloom.clients import get_trainer
+    from fedloom.experiment import builders
+    from fedloom.experiment.settings import RunSettings
+    from fedloom.report import summarise
+
+    settings = RunSettings.from_config(compose([*setup["overrides"], f"seed={seed}", "plot=false"]))
+    dataset, _ = builders.federated_data(builders.data_key(settings))
+    trainer = get_trainer(builders.model_spec(settings, dataset))
+    training = settings.training
+    weights = trainer.initial_weights()
+    loss, accuracy = trainer.evaluate(weights, dataset.x_test, dataset.y_test)
+    records = [{"round": 0, "accuracy": accuracy, "loss": loss, "bytes_up": 0, "bytes_down": 0, "seconds": 0.0}]
+    for epoch in range(1, setup["central_epochs"] + 1):
+        started = time.perf_counter()
+        weights, _ = trainer.fit(weights, dataset.x_train, dataset.y_train, epochs=1,
+                                 batch_size=training.batch_size, learning_rate=training.learning_rate,
+                                 seed=seed * 100_003 + epoch)
+        seconds = time.perf_counter() - started
+        loss, accuracy = trainer.evaluate(weights, dataset.x_test, dataset.y_test)
+        records.append({"round": epoch, "accuracy": accuracy, "loss": loss, "bytes_up": 0,
+                        "bytes_down": 0, "seconds": seconds})
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "history.json").write_text(json.dumps(records))
+    summary = summarise(directory, setup["target"])
+    summary.label = CENTRALISED
+    print(f"{name:10s} {CENTRALISED:22s} seed {seed}  final {accuracy:.4f}", flush=True)
+    return {"seed": seed, **vars(summary)}
+
+
+def run_setup(name: str, setup: dict, rounds: int, seeds: list[int], work: Path,
+              labels: list[str] | None, grid: bool, about: dict) -> dict:
+    """The rows ``labels`` (all when ``None``) of ``name``, once per seed; each row holds
+    each seed's summary and the provenance of the invocation that measured it."""
+    from fedloom.report import RunSummary, plot
+
+    plan = runs_of(setup)
+    wanted = list(plan) + [CENTRALISED] if labels is None else labels
+    unknown = [label for label in wanted if label not in plan and label != CENTRALISED]
+    if unknown:
+        raise SystemExit(f"{name}: no row {unknown}; rows are {list(plan)} and {CENTRALISED!r}")
     per_label: dict[str, list[dict]] = {}
-    first_seed_dirs = []
-    for seed in seeds:
-        for label, overrides in runs_of(setup, rounds, seed).items():
-            directory = work / name / label / f"seed-{seed}"
-            started = time.time()
-            records = run_experiment(compose(overrides), directory)
-            print(f"{name:10s} {label:18s} seed {seed}  final {records[-1]['accuracy']:.4f}  "
-                  f"{time.time() - started:6.1f} s", flush=True)
-            summary = summarise(directory, setup["target"])
-            summary.label = label
-            per_label.setdefault(label, []).append({"seed": seed, **vars(summary)})
-            if seed == seeds[0]:
-                first_seed_dirs.append((directory, summary))
-    plot([d for d, _ in first_seed_dirs], [s for _, s in first_seed_dirs],
-         RESULTS / f"convergence_{name}.png", title=f"{name} ({rounds} rounds, seed {seeds[0]})")
-    runs = [{"label": label, "seeds": summaries,
+    tuning: dict[str, dict] = {}
+    for label in wanted:
+        shutil.rmtree(work / name / label, ignore_errors=True)
+        extra = plan.get(label)
+        if label == CENTRALISED:
+            per_label[label] = [centralised(name, setup, seed, work / name / label / f"seed-{seed}")
+                                for seed in seeds]
+            continue
+        summaries = []
+        if grid and setup.get("grid") and label in GRIDS:
+            extra, summary, tuning[label] = tune(name, setup, label, extra, rounds, seeds[0], work)
+            summaries.append(summary)
+        for seed in seeds[len(summaries):]:
+            summaries.append(run_once(name, setup, label, extra, rounds, seed,
+                                      work / name / label / f"seed-{seed}"))
+        per_label[label] = summaries
+    firsts = [(Path(runs[0]["path"]), RunSummary(**{k: v for k, v in runs[0].items() if k != "seed"}))
+              for label, runs in per_label.items() if label != CENTRALISED]
+    if firsts:
+        plot([d for d, _ in firsts], [s for _, s in firsts], RESULTS / f"convergence_{name}.png",
+             title=f"{name} ({rounds} rounds, seed {seeds[0]})")
+    runs = [{"label": label, "seeds": summaries, "provenance": about,
+             **({"tuned": tuning[label]} if label in tuning else {}),
              "mean_final_accuracy": statistics.fmean(s["final_accuracy"] for s in summaries),
              "sd_final_accuracy": (statistics.stdev(s["final_accuracy"] for s in summaries)
                                    if len(summaries) > 1 else 0.0)}
             for label, summaries in per_label.items()]
     return {"target": setup["target"], "rounds": rounds, "seeds": seeds, "overrides": setup["overrides"],
-            "runs": runs}
+            "central_epochs": setup["central_epochs"], "not_run": setup.get("not_run", {}), "runs": runs}
+
+
+def merge(previous: dict | None, fresh: dict) -> dict:
+    """``fresh``'s rows replace those of ``previous`` with the same label; the others stay
+    (in :data:`STRATEGIES` order, then compression, then the centralised row)."""
+    if previous is None or previous.get("rounds") != fresh["rounds"]:
+        return fresh
+    for run in previous["runs"]:  # rows of older JSONs: one seed, the setup's provenance
+        run.setdefault("seeds", [{k: v for k, v in run.items() if k != "label"}])
+        run.setdefault("provenance", previous.get("provenance") or
+                       {"date": previous.get("date"), "machine": previous.get("machine")})
+    rows = {run["label"]: run for run in previous["runs"]}
+    rows.update({run["label"]: run for run in fresh["runs"]})
+    order = [*STRATEGIES, "weighted+int8", "weighted+topk10%", CENTRALISED]
+    merged = dict(fresh)
+    merged["runs"] = sorted(rows.values(), key=lambda r: order.index(r["label"]) if r["label"] in order else 99)
+    merged["seeds"] = sorted({s["seed"] for run in merged["runs"] for s in run["seeds"]})
+    return merged
+
+
+def mean_of(run: dict, key: str) -> float | None:
+    values = [s[key] for s in run["seeds"]]
+    return None if any(v is None for v in values) else statistics.fmean(values)
+
+
+def goal_checks(result: dict, base: str = "fedavg") -> dict:
+    """Issue 16's goal per method against FedAvg: mean rounds to target (every seed must
+    reach it) at most 0.8x FedAvg's, and a final accuracy at least 2 points higher; with
+    both rows' sd so that a difference can be read against the spread."""
+    rows = {run["label"]: run for run in result["runs"]}
+    if base not in rows:
+        return {}
+    reference = rows[base]
+    base_rounds, base_final = mean_of(reference, "rounds_to_target"), mean_of(reference, "final_accuracy")
+    checks = {}
+    for label in ("scaffold", "fedadam", "fedyogi", "fedadagrad", "fedprox"):
+        if label not in rows:
+            continue
+        rounds = mean_of(rows[label], "rounds_to_target")
+        ratio = None if rounds is None or base_rounds is None else rounds / base_rounds
+        points = 100 * (mean_of(rows[label], "final_accuracy") - base_final)
+        checks[label] = {"rounds_ratio": ratio, "points": points,
+                         "sd_points": 100 * rows[label]["sd_final_accuracy"],
+                         "base_sd_points": 100 * reference["sd_final_accuracy"],
+                         "met": ratio is not None and ratio <= 0.8 and points >= 2}
+    return checks
 
 
 def compression_checks(result: dict) -> dict:
@@ -138,42 +298,50 @@ def compression_checks(result: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--setups", default=",".join(SETUPS))
+    parser.add_argument("--rows", default="",
+                        help="comma-separated row labels to (re)run; the setup's other rows are kept")
+    parser.add_argument("--grid", action="store_true",
+                        help="tune the rows of GRIDS on the setups marked 'grid' (first seed)")
     parser.add_argument("--rounds-scale", type=float, default=1.0)
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, one run each")
     parser.add_argument("--work", default=str(RESULTS / "convergence"))
     args = parser.parse_args()
     work = Path(args.work)
     seeds = [int(s) for s in args.seeds.split(",")]
+    labels = [label for label in args.rows.split(",") if label] or None
     about = provenance()  # before the runs: its load average says whether the machine was idle
-    report = {"provenance": about, "setups": {}}
-    previous = RESULTS / "convergence.json"
-    if previous.is_file():  # --setups reruns some setups; the others keep their tables
-        report["setups"] = json.loads(previous.read_text()).get("setups", {})
     for name in args.setups.split(","):
         setup = SETUPS[name]
         rounds = max(1, round(setup["rounds"] * args.rounds_scale))
-        shutil.rmtree(work / name, ignore_errors=True)
-        result = run_setup(name, setup, rounds, seeds, work)
+        result = run_setup(name, setup, rounds, seeds, work, labels, args.grid, about)
+        result = merge(saved_setups().get(name) if labels else None, result)
         result["compression"] = compression_checks(result)
+        result["goal"] = goal_checks(result)
         result["provenance"] = about
-        report["setups"][name] = result
         print(convergence_table(result), flush=True)
-        if result["compression"]:
-            print(json.dumps(result["compression"], indent=1), flush=True)
-    markdown = ["Each table: `python benchmarks/convergence.py --setups <name>`, measured on the "
-                "date and machine below its title.\n"]
-    for name, result in report["setups"].items():
-        markdown.append(f"### {name} ({result['rounds']} rounds; `{' '.join(result['overrides'])}`)\n")
-        markdown.append(measured(result if "provenance" in result else
-                                 {"date": result.get("date"), "machine": result.get("machine")}) + "\n")
-        markdown.append(convergence_table(result))
-        for label, check in result["compression"].items():
-            markdown.append(f"- {label}: {check['bytes_up_ratio']:.2f}x fewer bytes up, accuracy "
-                            f"{-check['accuracy_drop'] * 100:+.2f} points vs weighted\n")
-        markdown.append("")
+        write(name, result)
+
+
+def saved_setups() -> dict:
+    path = RESULTS / "convergence.json"
+    return json.loads(path.read_text()).get("setups", {}) if path.is_file() else {}
+
+
+def write(name: str, result: dict) -> None:
+    """Put setup ``name`` into convergence.json (re-read just before: runs of other setups
+    may be writing theirs) and rewrite convergence.md; after every setup, so that a long
+    run that is stopped keeps the setups it finished."""
+    setups = saved_setups()
+    setups[name] = result
+    markdown = [("Each table: `python benchmarks/convergence.py --setups <name>`, measured on the "
+                 "date and machine below its title.\n")]
+    for setup_name, setup_result in setups.items():
+        markdown.append(f"### {setup_name} ({setup_result['rounds']} rounds; "
+                        f"`{' '.join(setup_result['overrides'])}`)\n")
+        markdown.append(convergence_notes(setup_result))
+    (RESULTS / "convergence.json").write_text(json.dumps({"setups": setups}, indent=1))
     (RESULTS / "convergence.md").write_text("\n".join(markdown))
-    (RESULTS / "convergence.json").write_text(json.dumps(report, indent=1))
-    print(f"wrote {RESULTS / 'convergence.md'}")
+    print(f"wrote {RESULTS / 'convergence.md'}", flush=True)
 
 
 if __name__ == "__main__":

@@ -180,8 +180,10 @@ def byzantine(data: dict) -> str:
 
 
 def convergence_table(result: dict) -> str:
-    """One setup's table: mean ± sd over seeds where the JSON has them (``seeds`` per run)."""
+    """One setup's table: mean ± sd over seeds where the JSON has them (``seeds`` per run);
+    a row measured on fewer seeds than the setup's says how many."""
     rows = []
+    all_seeds = len(result.get("seeds") or [0])
     for run in result["runs"]:
         seeds = run.get("seeds", [run])
         reached = [s["rounds_to_target"] for s in seeds if s["rounds_to_target"] is not None]
@@ -191,7 +193,14 @@ def convergence_table(result: dict) -> str:
             to_target = spread(reached, ".1f")
         else:
             to_target = f"{spread(reached, '.1f')} ({len(reached)} of {len(seeds)} seeds)"
-        rows.append([run["label"], spread([s["final_accuracy"] for s in seeds], ".4f"),
+        label = run["label"]
+        if label == "centralised":
+            label = f"centralised (pooled data, {result.get('central_epochs', '?')} epochs; rounds = epochs)"
+        if "tuned" in run:
+            label += f" ({run['tuned']['key'].split('.')[-1]}={run['tuned']['chosen']})"
+        if len(seeds) < all_seeds:
+            label += f" ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
+        rows.append([label, spread([s["final_accuracy"] for s in seeds], ".4f"),
                      spread([s["best_accuracy"] for s in seeds], ".4f"), to_target,
                      f"{statistics.fmean(s['megabytes_up'] for s in seeds):.2f}",
                      f"{statistics.fmean(s['megabytes_down'] for s in seeds):.2f}",
@@ -200,20 +209,44 @@ def convergence_table(result: dict) -> str:
                   "MB down", "s in rounds"], rows)
 
 
+def convergence_notes(result: dict) -> str:
+    """A setup's provenance line(s), its table, and the checks and grids the JSON holds."""
+    about = result if "provenance" in result else {"date": result.get("date"), "machine": result.get("machine")}
+    lines = [measured(about)]
+    others: dict[str, list[str]] = {}
+    for run in result["runs"]:
+        line = measured({"provenance": run["provenance"]} if run.get("provenance", {}).get("commit")
+                        else (run.get("provenance") or about))
+        if line != lines[0]:
+            others.setdefault(line, []).append(run["label"])
+    lines += [f"Rows {', '.join(labels)}: {line}" for line, labels in others.items()]
+    chunk = ""
+    for label, check in result.get("compression", {}).items():
+        chunk += (f"- {label}: {check['bytes_up_ratio']:.2f}x fewer bytes up, accuracy "
+                  f"{-check['accuracy_drop'] * 100:+.2f} points vs weighted\n")
+    for label, why in result.get("not_run", {}).items():
+        chunk += f"- {label} not run: {why}\n"
+    for run in result["runs"]:
+        if "tuned" in run:
+            tuned = run["tuned"]
+            tried = ", ".join(f"{t['value']}: {t['last5_accuracy']:.4f}" for t in tuned["tried"])
+            chunk += (f"- {run['label']}: {tuned['key']} tuned on seed {tuned['seed']} by the mean "
+                      f"accuracy of the last 5 rounds ({tried})\n")
+    for label, check in result.get("goal", {}).items():
+        ratio = "never reached" if check["rounds_ratio"] is None else f"{check['rounds_ratio']:.2f}x"
+        chunk += (f"- {label} vs fedavg: rounds to target {ratio}, final accuracy "
+                  f"{check['points']:+.1f} points (sd {check['sd_points']:.1f} vs {check['base_sd_points']:.1f}); "
+                  f"goal (<= 0.8x rounds, >= +2 points) {'met' if check['met'] else 'not met'}\n")
+    return "\n\n".join(lines) + "\n\n" + convergence_table(result) + ("\n" + chunk if chunk else "")
+
+
 def convergence(data: dict) -> str:
     chunks = []
     for name, result in data["setups"].items():  # setups may come from different runs
         seeds = result.get("seeds")
-        about = result if "provenance" in result else {"date": result.get("date", data.get("date")),
-                                                       "machine": result.get("machine", data.get("machine"))}
-        chunk = (f"**{name} ({result['rounds']} rounds; {f'seeds {seeds}, mean ± sd' if seeds else 'one seed'}; "
-                 f"`{' '.join(result['overrides'])}`)**\n\n{measured(about)}\n\n" + convergence_table(result))
-        checks = result.get("compression", {})
-        if checks:
-            chunk += "\n" + "".join(
-                f"- {label}: {check['bytes_up_ratio']:.2f}x fewer bytes up, accuracy "
-                f"{-check['accuracy_drop'] * 100:+.2f} points vs weighted\n" for label, check in checks.items())
-        chunks.append(chunk)
+        chunks.append(f"**{name} ({result['rounds']} rounds; "
+                      f"{f'seeds {seeds}, mean ± sd' if seeds else 'one seed'}; "
+                      f"`{' '.join(result['overrides'])}`)**\n\n" + convergence_notes(result))
     return "\n".join(chunks)
 
 
