@@ -193,7 +193,8 @@ def run_setup(name: str, setup: dict, rounds: int, seeds: list[int], work: Path,
     from fedloom.report import RunSummary, plot
 
     plan = runs_of(setup)
-    wanted = list(plan) + [CENTRALISED] if labels is None else labels
+    wanted = list(plan) + [CENTRALISED] if labels is None else [
+        label for label in labels if label not in setup.get("not_run", {})]
     unknown = [label for label in wanted if label not in plan and label != CENTRALISED]
     if unknown:
         raise SystemExit(f"{name}: no row {unknown}; rows are {list(plan)} and {CENTRALISED!r}")
