@@ -75,6 +75,8 @@ class RunSettings:
     faults: FaultPlan
     attack: AttackPlan
     privacy: PrivacySettings
+    #: clients the data is split into; ``null`` in the config (``partition=natural``) is
+    #: resolved here to the number of natural clients
     num_clients: int
     clients_per_round: int
     num_rounds: int
