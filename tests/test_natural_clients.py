@@ -48,6 +48,12 @@ def test_other_natural_datasets_count_their_clients(overrides, expected):
     assert settings.strategy_sampling()["min_available_nodes"] == expected
 
 
+def test_too_many_clients_per_round_names_the_natural_count():
+    with pytest.raises(ConfigError, match=r"clients_per_round=10 is not allowed: it must be <= "
+                                          r"num_clients=4 \(the data's natural clients\)\.$"):
+        RunSettings.from_config(config("dataset=heart_disease", "partition=natural"))
+
+
 def test_a_given_num_clients_still_counts():
     cfg = config("dataset=heart_disease", "partition=natural", "num_clients=4", "clients_per_round=4")
     assert RunSettings.from_config(cfg).num_clients == 4

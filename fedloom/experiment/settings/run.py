@@ -272,8 +272,9 @@ def _clients(cfg: Mapping[str, Any]) -> tuple[int, int, float | None]:
         fraction = _number(cfg, "fraction_train", 0.0, 1.0, low_open=True, high_open=False)
         per_round = max(1, int(fraction * num_clients + 1e-9))
     if per_round > num_clients:
+        natural = " (the data's natural clients)" if cfg.get("num_clients") is None else ""
         raise ConfigError(f"clients_per_round={per_round} is not allowed: it must be <= "
-                          f"num_clients={num_clients}.")
+                          f"num_clients={num_clients}{natural}.")
     return num_clients, per_round, fraction
 
 
