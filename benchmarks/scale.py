@@ -1,34 +1,45 @@
-"""Scale benchmarks (issue 17): the local engine's worker sweep.
+"""Scale benchmarks (issue 17): the local engine's worker sweep, the client-count sweep
+and Shakespeare with natural clients.
 
-Section ``workers`` (W = 1, 2 by default; ``--workers 1 2 4``), each variant in a
-fresh process through ``simulate.py``'s path (``run_experiment``) on the local engine:
+Sections (``--sections``; each rewrites only its own keys of the JSON, so a run of one
+section keeps the others' results):
 
-- ``digits``: the default workload of ``python simulate.py`` (digits, 100 clients,
-  Dirichlet(0.5), 10 per round, MLP 64-64, E=1, B=10) for ``--digits-rounds`` rounds:
-  bound by per-call dispatch (a client update is about a millisecond of arithmetic);
-- ``fashion``: Fashion-MNIST, ``model=mcmahan_cnn``, 100 clients, 10 per round, E=5,
-  B=10, for ``--fashion-rounds`` rounds: compute-bound (TensorFlow already spreads one
-  client's convolutions over the cores).
+- ``workers`` (W = 1, 2 by default; ``--workers 1 2 4``), each variant in a fresh
+  process through ``simulate.py``'s path (``run_experiment``) on the local engine:
 
-For each: median seconds per round over rounds 2.. (round 1 also builds the worker
-replicas), start-up seconds (launch to the end of round 1 minus one median round),
-peak memory of the process tree (summed RSS, sampled every 0.1 s; W threads hold W
-model replicas), final test accuracy, and a hash of the final weights (equal for every
-W: the engine is bit-identical across worker counts).
+  - ``digits``: the default workload of ``python simulate.py`` (digits, 100 clients,
+    Dirichlet(0.5), 10 per round, MLP 64-64, E=1, B=10) for ``--digits-rounds`` rounds:
+    bound by per-call dispatch (a client update is about a millisecond of arithmetic);
+  - ``fashion``: Fashion-MNIST, ``model=mcmahan_cnn``, 100 clients, 10 per round, E=5,
+    B=10, for ``--fashion-rounds`` rounds: compute-bound (TensorFlow already spreads one
+    client's convolutions over the cores).
 
-Section ``interleaved``: the engine's part of a digits round alone (10 real client calls
-per batch), W = 1 and W = 2 alternating batch by batch in one process, so that a
-changing load on a shared machine hits both alike.
+  For each: median seconds per round over rounds 2.. (round 1 also builds the worker
+  replicas), start-up seconds (launch to the end of round 1 minus one median round),
+  peak memory of the process tree (summed PSS and RSS, sampled every 0.1 s; W threads
+  hold W model replicas), final test accuracy, and a hash of the final weights (equal
+  for every W: the engine is bit-identical across worker counts).
+- ``interleaved``: the engine's part of a digits round alone (10 real client calls per
+  batch), W = 1 and W = 2 alternating batch by batch in one process, so that a changing
+  load on a shared machine hits both alike.
+- ``probe`` answers "threads or processes?" on this machine: the same client updates
+  (digits MLP, E=1, B=10, one after another from the global model) run serially, on W
+  threads (one trainer replica per thread, TensorFlow's shared pools), and on W worker
+  processes (each its own TensorFlow with ``cores // W`` threads, weights pickled both
+  ways per call, data loaded once per process); seconds per client update.
+- ``clients`` (``scale_clients.py``): Fashion-MNIST Dirichlet(0.5) with ``--clients``
+  100,1000,10000 clients, ``--clients-per-round`` 100, ``--rounds`` 3 each, a fresh
+  process per size: start-up (and its phases), median round, peak PSS and RSS.
+- ``shakespeare`` (``scale_shakespeare.py``): FedAvg, ``char_lstm``, natural clients, 10
+  per round, E=1, until 50% next-character accuracy or ``--shakespeare-rounds``: rounds
+  and wall time to 40% and 50%.
 
-Section ``probe`` answers "threads or processes?" on this machine: the same client
-updates (digits MLP, E=1, B=10, one after another from the global model) run serially,
-on W threads (one trainer replica per thread, TensorFlow's shared pools), and on W
-worker processes (each its own TensorFlow with ``cores // W`` threads, weights pickled
-both ways per call, data loaded once per process); seconds per client update.
-
-Run: ``python benchmarks/scale.py`` (about 4 minutes on 2 idle cores); writes
-``benchmarks/results/scale.json`` with the commit, versions, CPU and the load average
-before and after (the numbers mean little on a loaded machine: see ``load``).
+Run: ``python benchmarks/scale.py`` runs ``workers interleaved probe clients`` (about 7
+minutes on 2 idle cores); ``--sections shakespeare`` is long (rounds of tens of seconds
+each on 2 cores; see the README). ``--table`` prints the Markdown tables of the JSON
+without running anything. Writes ``benchmarks/results/scale.json``: each section with
+the commit, versions, CPU and the load average before and after (the numbers mean little
+on a loaded machine: see ``load``).
 """
 
 from __future__ import annotations
@@ -93,8 +104,8 @@ def measure_workload(workload: str, workers: int, rounds: int, timeout: float) -
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         env = {**os.environ, "PYTHONPATH": str(ROOT), "FEDLOOM_BENCH_LAUNCHED": repr(time.time())}
-        wall, peak = run_sampled(__file__, ["--child", workload, "--workers", str(workers),
-                                            "--rounds", str(rounds), "--out", str(out)], env, timeout)
+        run = run_sampled(__file__, ["--child", workload, "--workers", str(workers),
+                                     "--child-rounds", str(rounds), "--out", str(out)], env, timeout)
         result = json.loads(out.read_text())
     launched = float(result.pop("launched"))
     ends = result.pop("round_end")  # [initial evaluation, round 1, round 2, ...]
@@ -104,7 +115,7 @@ def measure_workload(workload: str, workers: int, rounds: int, timeout: float) -
             "median_round_seconds": round(median, 4),
             "round_seconds": [round(s, 4) for s in per_round],
             "startup_seconds": round(ends[1] - launched - median, 2),
-            "wall_seconds": round(wall, 2), "peak_tree_rss_mb": round(peak / 2**20, 1), **result}
+            "wall_seconds": round(run.wall_s, 2), **run.memory(), **result}
 
 
 # ----------------------------------------------------------------------------- probe
@@ -215,27 +226,15 @@ def provenance() -> dict:
     return {**shared(), "FEDLOOM_TF_THREADS": os.environ.get("FEDLOOM_TF_THREADS")}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", nargs="+", default=["workers", "interleaved", "probe"],
-                        choices=["workers", "interleaved", "probe"])
-    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--workloads", nargs="+", default=sorted(WORKLOADS), choices=sorted(WORKLOADS))
-    parser.add_argument("--digits-rounds", type=int, default=20)
-    parser.add_argument("--fashion-rounds", type=int, default=3)
-    parser.add_argument("--probe-calls", type=int, default=100)
-    parser.add_argument("--interleaved-batches", type=int, default=50)
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per variant")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
-    parser.add_argument("--child", choices=sorted(WORKLOADS), help=argparse.SUPPRESS)
-    parser.add_argument("--rounds", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        result = run_workload(args.child, args.workers[0], args.rounds)
-        result["launched"] = os.environ["FEDLOOM_BENCH_LAUNCHED"]
-        Path(args.out).write_text(json.dumps(result))
-        return
+SECTIONS = ("workers", "interleaved", "probe", "clients", "shakespeare")
+DEFAULT_SECTIONS = ("workers", "interleaved", "probe", "clients")
+#: Top-level keys of the JSON written by the workers, interleaved and probe sections.
+WORKER_KEYS = ("provenance", "load_before", "workers", "ratios", "bit_identical", "goals",
+               "interleaved", "probe", "load_after")
 
+
+def workers_sections(args) -> dict:
+    """The top-level keys the ``workers``, ``interleaved`` and ``probe`` sections write."""
     report = {"provenance": provenance(), "load_before": list(os.getloadavg())}
     if "workers" in args.sections:
         runs = []
@@ -260,6 +259,7 @@ def main() -> None:
                 {r["final_weights_sha256"] for r in mine.values()}) == 1
         report["goals"] = {f"{w}_w2_over_w1 <= {g}": report["ratios"][f"{w}_w2_over_w1"] <= g
                            for w, g in GOALS.items() if f"{w}_w2_over_w1" in report["ratios"]}
+        print(json.dumps({k: report.get(k) for k in ("ratios", "bit_identical", "goals")}, indent=1))
     if "interleaved" in args.sections:
         report["interleaved"] = interleaved(sorted(args.workers), args.interleaved_batches)
         print(json.dumps(report["interleaved"]), flush=True)
@@ -267,9 +267,76 @@ def main() -> None:
         report["probe"] = probe(max(args.workers), args.probe_calls)
         print(json.dumps(report["probe"]), flush=True)
     report["load_after"] = list(os.getloadavg())
-    print(json.dumps({k: report.get(k) for k in ("ratios", "bit_identical", "goals")}, indent=1))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    return report
+
+
+def merged(path: Path, update: dict) -> dict:
+    """The JSON at ``path`` (if any) with the keys of ``update`` replaced: a section that
+    did not run keeps its earlier results."""
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    report.update(update)
+    return report
+
+
+def tables(path: Path) -> str:
+    """The Markdown tables of the ``clients`` and ``shakespeare`` sections (as the README
+    shows them, ``readme_figures.py``)."""
+    import readme_figures  # sibling module of the benchmarks
+
+    data = json.loads(path.read_text())
+    return readme_figures.scale_clients(data) + "\n" + readme_figures.scale_shakespeare(data)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sections", nargs="+", default=list(DEFAULT_SECTIONS), choices=SECTIONS)
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--workloads", nargs="+", default=sorted(WORKLOADS), choices=sorted(WORKLOADS))
+    parser.add_argument("--digits-rounds", type=int, default=20)
+    parser.add_argument("--fashion-rounds", type=int, default=3)
+    parser.add_argument("--probe-calls", type=int, default=100)
+    parser.add_argument("--interleaved-batches", type=int, default=50)
+    parser.add_argument("--clients", type=lambda text: [int(n) for n in text.split(",")],
+                        default=[100, 1000, 10_000], help="client counts of the clients sweep, e.g. 100,1000")
+    parser.add_argument("--clients-per-round", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per run of the clients sweep")
+    parser.add_argument("--shakespeare-rounds", type=int, default=100,
+                        help="cap on the Shakespeare run's rounds (it stops at 50%% accuracy)")
+    parser.add_argument("--shakespeare-overrides", nargs="*", default=[],
+                        help="extra overrides of the Shakespeare run, e.g. dataset.plays=[hamlet]")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per variant")
+    parser.add_argument("--shakespeare-timeout", type=float, default=4 * 3600.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
+    parser.add_argument("--table", action="store_true", help="print the JSON's tables; run nothing")
+    parser.add_argument("--child", choices=sorted(WORKLOADS), help=argparse.SUPPRESS)
+    parser.add_argument("--child-rounds", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.table:
+        print(tables(args.out))
+        return
+    if args.child:
+        result = run_workload(args.child, args.workers[0], args.child_rounds)
+        result["launched"] = os.environ["FEDLOOM_BENCH_LAUNCHED"]
+        Path(args.out).write_text(json.dumps(result))
+        return
+
+    update = {}
+    if set(args.sections) & {"workers", "interleaved", "probe"}:
+        update.update(workers_sections(args))
+    if "clients" in args.sections:
+        import scale_clients
+
+        update["clients"] = scale_clients.sweep(args.clients, args.clients_per_round, args.rounds,
+                                                args.timeout)
+    if "shakespeare" in args.sections:
+        import scale_shakespeare
+
+        update["shakespeare"] = scale_shakespeare.run(args.shakespeare_rounds, args.shakespeare_overrides,
+                                                      args.shakespeare_timeout)
+        print(json.dumps({k: v for k, v in update["shakespeare"].items() if k != "curve"}), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(merged(args.out, update), indent=1))
+    print(tables(args.out))
 
 
 if __name__ == "__main__":

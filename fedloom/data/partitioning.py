@@ -26,6 +26,7 @@ __all__ = [
     "PARTITION_SCHEMES",
     "dirichlet_partition",
     "iid_partition",
+    "natural_client_count",
     "natural_partition",
     "partition",
     "partition_groups",
@@ -290,24 +291,34 @@ def _check_options(key: str, options: dict) -> None:
             )
 
 
-def _check_natural(client_ids: np.ndarray | None, num_partitions: int, n: int) -> None:
+def natural_client_count(client_ids: np.ndarray | None) -> int:
+    """How many clients :func:`natural_partition` makes of ``client_ids``: the number of
+    distinct ids (shape ``(N,)``, one per training example).
+
+    Raises:
+      DataError: ``client_ids`` is ``None`` (the dataset has no natural clients).
+    """
     if client_ids is None:
         raise DataError(
             "partition.scheme='natural' needs natural client ids but the dataset has none "
-            "(train_client_ids is None). Use heart_disease, synthetic or a file with "
-            "dataset.client_id_column, or another partition.scheme."
+            "(train_client_ids is None). Use heart_disease, synthetic, shakespeare or a file "
+            "with dataset.client_id_column, or another partition.scheme."
         )
-    ids = _as_labels(client_ids, setting="client_ids")
-    if len(ids) != n:
+    return len(np.unique(_as_labels(client_ids, setting="client_ids")))
+
+
+def _check_natural(client_ids: np.ndarray | None, num_partitions: int, n: int) -> None:
+    num_ids = natural_client_count(client_ids)
+    if len(client_ids) != n:
         raise DataError(
-            f"client_ids has {len(ids)} entries but there are {n} labels; give one client id "
-            f"per training example."
+            f"client_ids has {len(client_ids)} entries but there are {n} labels; give one "
+            f"client id per training example."
         )
-    num_ids = len(np.unique(ids))
     if num_partitions != num_ids:
         raise DataError(
             f"num_clients={num_partitions} but the natural split has {num_ids} clients (distinct "
-            f"ids); set num_clients={num_ids} for partition.scheme='natural'."
+            f"ids); set num_clients={num_ids}, or num_clients=null for one client per natural "
+            f"id, with partition.scheme='natural'."
         )
 
 

@@ -62,7 +62,7 @@ def check_overrides(overrides: Sequence[str], conf_dir: str | Path) -> None:
         option = chosen.get(head)
         if not option or "," in option or "(" in option:
             continue  # a sweep over options: each run's own config decides
-        node = OmegaConf.load(conf_dir / head / f"{option}.yaml")
+        node = _group_node(conf_dir / head / f"{option}.yaml", head)
         if not _has_key(node, rest):
             known = sorted(str(k) for k in node)
             raise ConfigError(
@@ -70,6 +70,19 @@ def check_overrides(overrides: Sequence[str], conf_dir: str | Path) -> None:
                 f"{_nearest(rest, known)}; its settings: {', '.join(known)} "
                 f"(add a new one with +{key}=...)."
             )
+
+
+def _group_node(path: Path, group: str) -> Any:
+    """The settings of a group's option file under ``group``: the file itself, or its
+    ``group`` key when it is in Hydra's global package (``# @package _global_``, which
+    lets ``partition=natural`` set the top-level ``num_clients`` too)."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(path)
+    first_line = path.read_text(encoding="utf-8").lstrip().partition("\n")[0]
+    if first_line.replace(" ", "") == "#@package_global_":
+        node = node.get(group) or OmegaConf.create({})
+    return node
 
 
 def _has_key(node: Any, dotted: str) -> bool:

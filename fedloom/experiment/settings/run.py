@@ -75,6 +75,8 @@ class RunSettings:
     faults: FaultPlan
     attack: AttackPlan
     privacy: PrivacySettings
+    #: clients the data is split into; ``null`` in the config (``partition=natural``) is
+    #: resolved here to the number of natural clients
     num_clients: int
     clients_per_round: int
     num_rounds: int
@@ -154,8 +156,13 @@ class RunSettings:
         settings errors too; ``False`` skips that (and importing Hydra) for a dict an
         earlier parse checked, e.g. a SuperNode's settings between messages.
 
+        ``num_clients: null`` (``partition=natural`` sets it) loads the dataset to count
+        its natural clients; the settings hold that count.
+
         Raises:
             ConfigError: the first unknown key or bad value, in one line.
+            DataError: ``num_clients`` is ``null`` and the dataset cannot be loaded or has
+                no natural clients.
         """
         unknown = sorted(set(cfg) - TOP_LEVEL_KEYS)
         if unknown:
@@ -257,7 +264,7 @@ def _clients(cfg: Mapping[str, Any]) -> tuple[int, int, float | None]:
     """``(num_clients, clients_per_round, fraction_train)``. With ``fraction_train`` (FedAvg's
     C) set, ``clients_per_round`` is ``max(1, floor(C * num_clients))``, as Flower's FedAvg
     counts it."""
-    num_clients = _int(cfg, "num_clients", 1)
+    num_clients = _num_clients(cfg)
     fraction = cfg.get("fraction_train")
     if fraction is None:
         per_round = _int(cfg, "clients_per_round", 1)
@@ -265,9 +272,31 @@ def _clients(cfg: Mapping[str, Any]) -> tuple[int, int, float | None]:
         fraction = _number(cfg, "fraction_train", 0.0, 1.0, low_open=True, high_open=False)
         per_round = max(1, int(fraction * num_clients + 1e-9))
     if per_round > num_clients:
+        natural = " (the data's natural clients)" if cfg.get("num_clients") is None else ""
         raise ConfigError(f"clients_per_round={per_round} is not allowed: it must be <= "
-                          f"num_clients={num_clients}.")
+                          f"num_clients={num_clients}{natural}.")
     return num_clients, per_round, fraction
+
+
+def _num_clients(cfg: Mapping[str, Any]) -> int:
+    """``num_clients``; ``null`` (or ``auto``) is one client per natural id, counted in the
+    dataset, and needs ``partition=natural`` (which sets it). A given number for a natural
+    split is checked against the data when it is split (``DataError``)."""
+    value = cfg.get("num_clients")
+    if not (value is None or (isinstance(value, str) and value.strip().lower() == "auto")):
+        return _int(cfg, "num_clients", 1)
+    scheme = dict(cfg.get("partition") or {}).get("scheme")
+    if scheme != "natural":
+        raise ConfigError(
+            f"num_clients={'null' if value is None else value} (one client per natural id) "
+            "needs partition=natural; "
+            f"partition={scheme} splits the data into as many clients as you choose: set "
+            "e.g. num_clients=100."
+        )
+    from fedloom.data import load_dataset, natural_client_count  # numpy only until a loader runs
+
+    name, options = named_section(cfg, "dataset", "name")
+    return natural_client_count(load_dataset(name, **options).train_client_ids)
 
 
 def _privacy(section: Mapping[str, Any], per_round: int, num_clients: int,
