@@ -325,7 +325,6 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "byzantine": ("byzantine.json", byzantine),
     "keras-training": ("keras_training.json", keras_training),
     "deployment": ("deployment.json", deployment),
-    "deployment-floor": ("deployment_floor.json", deployment),
 }
 
 
