@@ -284,7 +284,6 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "byzantine": ("byzantine.json", byzantine),
     "keras-training": ("keras_training.json", keras_training),
     "deployment": ("deployment.json", deployment),
-    "deployment-floor": ("deployment_floor.json", deployment),
     "scale-clients": ("scale.json", scale_clients),
     "scale-shakespeare": ("scale.json", scale_shakespeare),
 }

@@ -17,12 +17,9 @@ seconds            wall time of the round (training, aggregation, evaluation)
 time               Unix time the record was made
 cumulative_*       running totals of bytes and seconds
 train_*, client_*  the clients' reported metrics, averaged by example count
-<<<<<<< HEAD
 dp_*               DP runs, rounds >= 1: privacy spent (``fedloom.privacy``)
 stopped_reason     why the run ended before ``num_rounds`` (privacy budget)
-=======
 stopped_early      (last record only, when ``early_stop`` ended the run) why
->>>>>>> engine
 =================  ===========================================================
 """
 
