@@ -20,7 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
 
+from fedloom.clients.client_app import VARIATE_RECORD
 from fedloom.deploy.config import compose_experiment, split_overrides
 from fedloom.deploy.credentials import make_node_key, make_tls_files
 from fedloom.deploy.launch import LocalDeployment, format_node_config
@@ -31,6 +34,8 @@ from fedloom.errors import ConfigError, DataError
 ROOT = Path(__file__).resolve().parents[1]
 
 THREE_NODES = "num_clients=3 clients_per_round=3 num_rounds=2 strategy=weighted"
+SCAFFOLD_NODES = "num_clients=3 clients_per_round=3 num_rounds=3 strategy=scaffold"
+FEDAVG_ROUND = "num_clients=3 clients_per_round=3 num_rounds=1 strategy=fedavg"
 
 
 def start_nodes(deployment: LocalDeployment, num_nodes: int) -> None:
@@ -91,6 +96,84 @@ def test_three_supernodes_train_weighted_average_like_simulation(tmp_path):
     for deployed, local in zip(records, simulated, strict=True):
         assert deployed["accuracy"] == pytest.approx(local["accuracy"], abs=1e-6)
         assert deployed["loss"] == pytest.approx(local["loss"], rel=1e-5)
+
+
+def forgetting_control_variates(app: ClientApp) -> ClientApp:
+    """``app`` on nodes that lose their SCAFFOLD variate ``c_i`` before every round (as a
+    node would if its ClientApp process kept it in memory): every round starts at ``c_i = 0``."""
+    forgetful = ClientApp()
+
+    @forgetful.train()
+    def train(msg: Message, context: Context) -> Message:
+        if VARIATE_RECORD in context.state:
+            del context.state[VARIATE_RECORD]
+        return app(msg, context)
+
+    @forgetful.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return app(msg, context)
+
+    return forgetful
+
+
+@pytest.mark.slow
+def test_scaffold_nodes_keep_their_control_variates_across_rounds(tmp_path):
+    """SCAFFOLD for 3 rounds on 3 SuperNodes, each a separate process that starts a fresh
+    ClientApp process per message: node ``i`` must keep its ``c_i`` in its ``context.state``
+    (which the SuperNode holds between messages) for its local steps to be corrected by
+    ``c - c_i``. Observed from outside: the deployment ends where the simulation does
+    (whose nodes keep their contexts in this process), and not where a simulation whose
+    nodes forget ``c_i`` every round ends; the server's ``c`` comes from the nodes'
+    ``scaffold-delta-c``, and every reply carries twice FedAvg's arrays."""
+    from fedloom.checkpoint import CHECKPOINT_FILE, FINAL_WEIGHTS_FILE, load_checkpoint, load_weights
+    from fedloom.engine import LocalGrid
+    from fedloom.experiment import builders, prepare_experiment, run_experiment
+    from fedloom.records import arrayrecord_num_bytes, ndarrays_to_arrayrecord
+
+    with LocalDeployment(tmp_path / "deploy", secure=False) as deployment:
+        start_nodes(deployment, 3)
+        result = deployment.run(SCAFFOLD_NODES, tmp_path / "out", on_line=lambda line: None,
+                                timeout=300)
+    deployed = result.records
+    assert result.status == "finished:completed"
+    assert [r["round"] for r in deployed] == [0, 1, 2, 3]
+    assert [(r["num_clients"], r["num_rejected"]) for r in deployed[1:]] == [(3, 0)] * 3
+    assert deployed[3]["accuracy"] > deployed[0]["accuracy"] + 0.3
+
+    # Every reply carries the model and delta_c (both the model's shapes), every train
+    # message the model and c: twice FedAvg's arrays each way, about twice its bytes up.
+    keys, final = load_weights(tmp_path / "out" / FINAL_WEIGHTS_FILE)
+    model_bytes = arrayrecord_num_bytes(ndarrays_to_arrayrecord(final, keys))
+    fedavg = run_experiment(compose_experiment(FEDAVG_ROUND), tmp_path / "fedavg")[1]
+    assert fedavg["payload_up"] == 3 * model_bytes
+    for record in deployed[1:]:
+        assert record["payload_up"] == record["payload_down"] == 2 * fedavg["payload_up"]
+        assert 1.95 < record["bytes_up"] / fedavg["bytes_up"] < 2.05
+
+    # The server's c after round 3: set from the nodes' delta_c, non-zero.
+    checkpoint = load_checkpoint(tmp_path / "out" / CHECKPOINT_FILE)
+    c_deployed = checkpoint["strategy"]["own"]["scaffold"]["c"]
+    assert checkpoint["round"] == 3 and max(np.abs(c).max() for c in c_deployed) > 0
+
+    # The same experiment simulated (node i = client i, each node's c_i in its context).
+    simulated = run_experiment(compose_experiment(SCAFFOLD_NODES), tmp_path / "kept")
+    for got, want in zip(deployed, simulated, strict=True):
+        assert got["accuracy"] == pytest.approx(want["accuracy"], abs=1e-6)
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+        assert got["payload_up"] == want["payload_up"]
+    _, final_simulated = load_weights(tmp_path / "kept" / FINAL_WEIGHTS_FILE)
+    c_simulated = load_checkpoint(tmp_path / "kept" / CHECKPOINT_FILE)["strategy"]["own"]["scaffold"]["c"]
+    for got, want in zip([*final, *c_deployed], [*final_simulated, *c_simulated], strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+    # Nodes that forget c_i end elsewhere: the agreement above needs every node's own c_i.
+    experiment = prepare_experiment(compose_experiment(SCAFFOLD_NODES), tmp_path / "forgotten")
+    app = forgetting_control_variates(builders.build_client_app(experiment.settings))
+    forgotten = experiment.start(LocalGrid(app, 3, seed=experiment.settings.seed))
+    assert forgotten[1]["loss"] == pytest.approx(deployed[1]["loss"], rel=1e-5)  # c = c_i = 0
+    _, final_forgotten = load_weights(tmp_path / "forgotten" / FINAL_WEIGHTS_FILE)
+    gap = max(np.abs(a - b).max() for a, b in zip(final_forgotten, final))
+    assert gap > 1e-3, f"forgetting c_i moved the final weights by only {gap:g}"
 
 
 @pytest.mark.slow
