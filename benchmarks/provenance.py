@@ -66,7 +66,9 @@ def provenance() -> dict:
     """Commit, dirty flag, package versions, CPU, threads and UTC date of this run.
 
     ``dirty`` is true when the work tree differs from the commit (tracked files changed
-    or untracked files present): the figures then come from uncommitted code.
+    or untracked files present): the figures then come from uncommitted code. Files under
+    ``benchmarks/results/`` do not count: they are what benchmarks write, not code, and a
+    sweep of several invocations would otherwise mark all but its first run dirty.
     ``fedloom_aggregation_threads`` is the thread count fedloom's block reductions use.
     """
     try:
@@ -75,7 +77,7 @@ def provenance() -> dict:
         aggregation_threads: int | None = num_threads()
     except ImportError:  # fedloom not importable from this process
         aggregation_threads = None
-    status = _git("status", "--porcelain")
+    status = _git("status", "--porcelain", "--", ".", ":(exclude)benchmarks/results")
     return {
         "commit": _git("rev-parse", "HEAD"),
         "dirty": None if status is None else bool(status),
