@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from provenance import provenance  # noqa: E402
-from readme_figures import convergence_notes, convergence_table  # noqa: E402
+from readme_figures import arrays_megabytes, convergence_notes, convergence_table  # noqa: E402
 STRATEGIES = ["simple", "weighted", "weighted_quality", "size_quality", "fedavg",
               "warmup_fedavg", "robust_trimmed", "robust_krum", "robust_median", "robust_centered_clip",
               "fedadam", "fedyogi", "fedadagrad", "fedprox", "scaffold",
@@ -279,7 +279,7 @@ def goal_checks(result: dict, base: str = "fedavg") -> dict:
 def compression_checks(result: dict) -> dict:
     """Compressed runs against ``weighted``: bytes up and final accuracy, means over seeds."""
     def mean(run: dict, key: str) -> float:
-        return statistics.fmean(s[key] for s in run.get("seeds", [run]))
+        return statistics.fmean(arrays_megabytes(s, key.split("_")[-1]) for s in run.get("seeds", [run]))
 
     by_label = {run["label"]: run for run in result["runs"]}
     base = by_label.get("weighted")
@@ -289,11 +289,28 @@ def compression_checks(result: dict) -> dict:
             run = by_label[label]
             drop = mean(base, "final_accuracy") - mean(run, "final_accuracy")
             checks[label] = {
-                "bytes_up_ratio": mean(base, "megabytes_up") / mean(run, "megabytes_up"),
+                "bytes_up_ratio": mean(base, "megabytes_up") / mean(run, "megabytes_up"),  # arrays
                 "accuracy_drop": drop,
                 "within_target": drop <= max_drop,
             }
     return checks
+
+
+def refresh(result: dict) -> dict:
+    """Fill ``megabytes_payload_*`` of every seed whose run directory is still on disk
+    (from its own ``history.json``) and recompute the setup's checks."""
+    from fedloom.report import summarise
+
+    for run in result["runs"]:
+        for seed in run.get("seeds", []):
+            history = Path(seed.get("path", "")) / "history.json"
+            if seed.get("megabytes_payload_up") is None and history.is_file():
+                again = summarise(history.parent, result["target"])
+                seed["megabytes_payload_up"] = again.megabytes_payload_up
+                seed["megabytes_payload_down"] = again.megabytes_payload_down
+    result["compression"] = compression_checks(result)
+    result["goal"] = goal_checks(result)
+    return result
 
 
 def main() -> None:
@@ -306,7 +323,14 @@ def main() -> None:
     parser.add_argument("--rounds-scale", type=float, default=1.0)
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, one run each")
     parser.add_argument("--work", default=str(RESULTS / "convergence"))
+    parser.add_argument("--refresh", action="store_true",
+                        help="run nothing: add the array payload to saved rows whose run "
+                             "directories exist, recompute the checks, rewrite the tables")
     args = parser.parse_args()
+    if args.refresh:
+        for name, result in saved_setups().items():
+            write(name, refresh(result))
+        return
     work = Path(args.work)
     seeds = [int(s) for s in args.seeds.split(",")]
     labels = [label for label in args.rows.split(",") if label] or None
@@ -315,9 +339,7 @@ def main() -> None:
         setup = SETUPS[name]
         rounds = max(1, round(setup["rounds"] * args.rounds_scale))
         result = run_setup(name, setup, rounds, seeds, work, labels, args.grid, about)
-        result = merge(saved_setups().get(name) if labels else None, result)
-        result["compression"] = compression_checks(result)
-        result["goal"] = goal_checks(result)
+        result = refresh(merge(saved_setups().get(name) if labels else None, result))
         result["provenance"] = about
         print(convergence_table(result), flush=True)
         write(name, result)

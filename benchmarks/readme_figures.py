@@ -161,11 +161,18 @@ def convergence_table(result: dict) -> str:
             label += f" ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
         rows.append([label, spread([s["final_accuracy"] for s in seeds], ".4f"),
                      spread([s["best_accuracy"] for s in seeds], ".4f"), to_target,
-                     f"{statistics.fmean(s['megabytes_up'] for s in seeds):.2f}",
-                     f"{statistics.fmean(s['megabytes_down'] for s in seeds):.2f}",
+                     f"{statistics.fmean(arrays_megabytes(s, 'up') for s in seeds):.2f}",
+                     f"{statistics.fmean(arrays_megabytes(s, 'down') for s in seeds):.2f}",
                      f"{statistics.fmean(s['wall_seconds'] for s in seeds):.1f}"])
-    return table(["run", "final acc.", "best acc.", f"rounds to {result['target']:.0%}", "MB up",
-                  "MB down", "s in rounds"], rows)
+    return table(["run", "final acc.", "best acc.", f"rounds to {result['target']:.0%}", "MB up (arrays)",
+                  "MB down (arrays)", "s in rounds"], rows)
+
+
+def arrays_megabytes(summary: dict, direction: str) -> float:
+    """A run's array payload in MB: ``megabytes_payload_<direction>``, or for rows measured
+    before runs also counted whole messages, ``megabytes_<direction>`` (arrays only then)."""
+    value = summary.get(f"megabytes_payload_{direction}")
+    return summary[f"megabytes_{direction}"] if value is None else value
 
 
 def convergence_notes(result: dict) -> str:

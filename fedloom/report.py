@@ -26,7 +26,9 @@ __all__ = ["RunSummary", "find_runs", "rounds_to_target", "summarise", "write_re
 
 @dataclass
 class RunSummary:
-    """One row of the report."""
+    """One row of the report. ``megabytes_*`` are the run's ``bytes_*`` (what was sent,
+    see ``fedloom.experiment.history``), ``megabytes_payload_*`` its arrays' ``.npy``
+    bytes only (``None`` for histories that do not record them)."""
 
     label: str
     path: str
@@ -37,6 +39,8 @@ class RunSummary:
     megabytes_up: float
     megabytes_down: float
     wall_seconds: float
+    megabytes_payload_up: float | None = None
+    megabytes_payload_down: float | None = None
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
@@ -90,7 +94,16 @@ def summarise(run: Path, target: float) -> RunSummary:
         megabytes_up=sum(r["bytes_up"] for r in records) / 1e6,
         megabytes_down=sum(r["bytes_down"] for r in records) / 1e6,
         wall_seconds=sum(r["seconds"] for r in records),
+        megabytes_payload_up=_payload_megabytes(records, "payload_up"),
+        megabytes_payload_down=_payload_megabytes(records, "payload_down"),
     )
+
+
+def _payload_megabytes(records: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    rounds = records[1:]  # round 0 (the initial model) sends nothing
+    if not rounds or any(key not in r for r in rounds):
+        return None
+    return sum(r[key] for r in rounds) / 1e6
 
 
 def markdown_table(summaries: Sequence[RunSummary], target: float) -> str:
