@@ -200,3 +200,34 @@ def test_client_momentum_is_a_setting_sent_only_when_on():
     assert RunSettings.from_config(on.to_dict()) == on
     with pytest.raises(ConfigError, match=r"client_momentum=1.0 is not allowed.*\[0.0, 1.0\)"):
         RunSettings.from_config(config("client_momentum=1.0"))
+
+
+@pytest.mark.slow
+def test_a_deployed_server_scores_updates_on_its_own_split(tmp_path):
+    """The deployment ServerApp builds its experiment with ``prepare_experiment`` from the
+    data it loads on the server machine (here digits; ``dataset=file dataset.path=...`` for
+    a file only the server has): it holds out the same split, so round by round it matches
+    the simulation of the same config, and its reported accuracy is measured on the rest."""
+    from fedloom.deploy.config import compose_experiment
+    from fedloom.deploy.launch import LocalDeployment
+
+    overrides = "num_clients=3 clients_per_round=3 num_rounds=2 strategy=weighted_server_quality"
+    with LocalDeployment(tmp_path / "deploy", secure=False) as deployment:
+        deployment.start_superlink()
+        for i in range(3):
+            deployment.start_supernode(f"supernode-{i}", {"partition-id": i, "num-partitions": 3})
+        result = deployment.run(overrides, tmp_path / "out", on_line=lambda line: None, timeout=240)
+    records = result.records
+    assert [r["round"] for r in records] == [0, 1, 2] and records[2]["num_clients"] == 3
+    simulated = run_experiment(compose_experiment(overrides), tmp_path / "simulation")
+    for deployed, local in zip(records, simulated, strict=True):
+        assert deployed["accuracy"] == pytest.approx(local["accuracy"], abs=1e-6)
+    from fedloom.experiment.settings import RunSettings
+
+    settings = RunSettings.from_config(compose_experiment(overrides))
+    dataset = load_dataset("digits")
+    reported, _, _ = split_server_validation(dataset, settings.server_val_fraction, seed=settings.seed)
+    _, final = load_weights(tmp_path / "out" / FINAL_WEIGHTS_FILE)
+    trainer = get_trainer(builders.model_spec(settings, dataset))
+    assert trainer.evaluate(final, reported.x_test, reported.y_test)[1] == pytest.approx(
+        records[2]["accuracy"], abs=1e-6)
