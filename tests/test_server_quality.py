@@ -231,3 +231,18 @@ def test_a_deployed_server_scores_updates_on_its_own_split(tmp_path):
     trainer = get_trainer(builders.model_spec(settings, dataset))
     assert trainer.evaluate(final, reported.x_test, reported.y_test)[1] == pytest.approx(
         records[2]["accuracy"], abs=1e-6)
+
+
+def test_client_momentum_from_the_config_scales_the_first_round_update(tmp_path):
+    """Round 1 from an empty buffer: every client sends ``g + (1 - beta) delta``, so the
+    weighted mean moves ``1 - beta`` as far as without momentum (same sampling, same
+    local training)."""
+    common = ("strategy=weighted", "num_clients=10", "clients_per_round=4", "num_rounds=1", "plot=false")
+    run_experiment(config(*common), tmp_path / "plain")
+    run_experiment(config(*common, "client_momentum=0.75"), tmp_path / "momentum")
+    start = prepare_experiment(config(*common), tmp_path / "start").trainer.initial_weights()
+    _, plain = load_weights(tmp_path / "plain" / FINAL_WEIGHTS_FILE)
+    _, momentum = load_weights(tmp_path / "momentum" / FINAL_WEIGHTS_FILE)
+    for g, p, m in zip(start, plain, momentum):
+        assert np.abs(p - g).max() > 1e-3  # the round moved the model
+        np.testing.assert_allclose(m - g, 0.25 * (p - g), rtol=0, atol=1e-6)
