@@ -60,6 +60,9 @@ Usage::
     python benchmarks/byzantine.py --seeds 0 --rounds 30 --num-clients 20 --output /tmp/b.json
 
 Prints the table and writes the JSON and the same table as Markdown beside it (``.md``).
+A table takes rows x columns x seeds runs, one after another: on 2 idle cores a digits
+run (100 rounds) takes about 7 s, a Fashion-MNIST one about 7 times as long (the ratio
+of 20-round runs measured side by side); each run's seconds are in the JSON.
 """
 
 from __future__ import annotations
