@@ -120,22 +120,32 @@ def simulation(data: dict) -> str:
 
 
 def byzantine(data: dict) -> str:
+    """The Byzantine table: a row per strategy (or ``strategy+variant``), a column per
+    attack (every column any row has; a cell a row did not run is "—")."""
     results = data["results"]
-    attacks = list(next(iter(results.values())))
+    attacks = list(dict.fromkeys(attack for cells in results.values() for attack in cells))
     rows = []
     for strategy, cells in results.items():
         row = [f"`{strategy}`"]
         for attack in attacks:
-            cell = cells[attack]
+            cell = cells.get(attack)
+            if cell is None:
+                row.append("—")
+                continue
             value = spread(cell["final_accuracy_per_seed"], ".3f")
             drop = cell.get("drop_vs_no_attack")
             row.append(value if attack == "none" or drop is None else f"{value} ({-100 * drop:+.1f})")
         rows.append(row)
     setting = data["setting"]
-    return (measured(data) + f" Final test accuracy, mean ± sd over seeds {setting['seeds']}; "
+    task = f"{setting['task']}: " if setting.get("task", "digits") != "digits" else ""
+    runs = data.get("runs", [])
+    merged = (f" Rows merged from {len(runs)} runs (commits "
+              f"{', '.join(sorted({((r.get('provenance') or {}).get('commit') or '?')[:10] for r in runs}))})."
+              if len(runs) > 1 else "")
+    return (measured(data) + f" {task}Final test accuracy, mean ± sd over seeds {setting['seeds']}; "
             f"{setting['rounds']} rounds, {setting['num_clients']} clients, {setting['clients_per_round']} "
             f"per round, {setting['attacker_fraction']:.0%} attackers; in brackets: points against the "
-            "same strategy without attack.\n\n" + table(["strategy", *attacks], rows))
+            "same strategy without attack." + merged + "\n\n" + table(["strategy", *attacks], rows))
 
 
 def convergence_table(result: dict) -> str:

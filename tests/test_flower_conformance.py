@@ -29,6 +29,7 @@ from flwr.serverapp import strategy as flower
 from flwr.supercore.task_identity import TaskIdentity
 from hydra.utils import get_object
 
+from fedloom.aggregation.weighting import SERVER_QUALITY_CHOICES
 from fedloom.compression import COMPRESSION_RECORD
 from fedloom.errors import ConfigError
 from fedloom.strategies import FederatedAveraging, Hybrid, SimpleAverage, WeightedAverage, legacy
@@ -282,6 +283,8 @@ def test_a_stock_flower_app_calls_aggregate_train_directly_for_every_named_strat
     named strategy aggregates; without, those that need no global model still do."""
     options = dict(options)
     make = get_object(options.pop("_target_"))
+    if options.get("weight_by") in SERVER_QUALITY_CHOICES:  # the app gives the server's scorer
+        options["quality_scorer"] = lambda updates: np.linspace(0.5, 0.9, len(updates))
     clients = random_clients(8)  # 8 >= 4f + 3 for robust_bulyan's f=1
     global_model = ArrayRecord([np.zeros((7, 3), np.float32), np.zeros(4, np.float32)])
 

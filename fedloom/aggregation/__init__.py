@@ -38,6 +38,7 @@ from fedloom.aggregation.weighting import (
     num_examples_weights,
     quality_scores,
     quality_weights,
+    server_quality_weights,
     size_quality_weights,
 )
 
@@ -74,6 +75,7 @@ __all__ = [
     "pairwise_squared_distances",
     "quality_scores",
     "quality_weights",
+    "server_quality_weights",
     "server_update",
     "size_quality_weights",
     "trimmed_mean",

@@ -303,9 +303,9 @@ def _run_in_one_pass(state: RoundState, stages: Sequence[Stage], names: Sequence
     """The result of running ``stages`` in order, reading the client arrays once; returns
     False (having changed nothing) when that would not be the same result bit for bit.
 
-    The weighting reads only metrics, and the coefficients it sets are per update; so
-    unless it leaves an update out, weighing first gives the documented order's
-    coefficients. A weighting that rejects (a quality weighting with a metric missing)
+    The weighting reads only metrics (or, under server quality, scores each update on
+    its own), and the coefficients it sets are per update; so unless it leaves an update
+    out, weighing first gives the documented order's coefficients. A weighting that rejects (a quality weighting with a metric missing)
     would change which updates the filters compare with each other: then the caller
     runs the stages in order. Otherwise one pass computes the weighted mean of every
     update together with each update's distance from the global model; the distance

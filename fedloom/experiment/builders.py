@@ -129,10 +129,12 @@ def reliability_mods(settings: RunSettings) -> list:
     return mods + client_mods(settings.privacy)
 
 
-def build_strategy(settings: RunSettings):
+def build_strategy(settings: RunSettings, quality_scorer=None):
     """The strategy of ``settings.strategy`` (its ``_target_``) with the experiment's
-    sampling (:meth:`RunSettings.strategy_sampling`)."""
-    return settings.strategy.instantiate(**settings.strategy_sampling())
+    sampling (:meth:`RunSettings.strategy_sampling`) and, under ``weight_by=server_quality``
+    (:attr:`RunSettings.server_quality`), the server's ``quality_scorer``."""
+    extra = {"quality_scorer": quality_scorer} if settings.server_quality else {}
+    return settings.strategy.instantiate(**settings.strategy_sampling(), **extra)
 
 
 def train_config(settings: RunSettings):
@@ -140,10 +142,11 @@ def train_config(settings: RunSettings):
     from flwr.app import ConfigRecord
 
     training = settings.training
-    return ConfigRecord(
-        {
-            "local-epochs": training.local_epochs,
-            "batch-size": training.batch_size,
-            "learning-rate": training.learning_rate,
-        }
-    )
+    config = {
+        "local-epochs": training.local_epochs,
+        "batch-size": training.batch_size,
+        "learning-rate": training.learning_rate,
+    }
+    if training.client_momentum > 0:  # the key only when on: messages stay as they were
+        config["client-momentum"] = training.client_momentum
+    return ConfigRecord(config)

@@ -181,7 +181,19 @@ def prepare_experiment(settings: RunSettings | Mapping[str, Any], output_dir: st
     (output_dir / "partition.json").write_text(
         json.dumps(builders.client_stats(clients, dataset.num_classes))
     )
-    strategy = builders.build_strategy(settings)
+    from fedloom.clients import get_trainer
+    from fedloom.records import ndarrays_to_arrayrecord
+
+    trainer = get_trainer(builders.model_spec(settings, dataset))
+    scorer, reported = None, dataset
+    if settings.server_quality:  # the server scores updates on a split of its test set
+        from fedloom.experiment.server_validation import keras_quality_scorer, split_server_validation
+
+        reported, x_val, y_val = split_server_validation(dataset, settings.server_val_fraction,
+                                                         settings.seed)
+        scorer = keras_quality_scorer(trainer, x_val, y_val,
+                                      settings.strategy.options.get("quality_kind", "accuracy"))
+    strategy = builders.build_strategy(settings, scorer)
     privacy = server_strategy = None
     if settings.privacy.enabled:
         from fedloom.privacy import PrivacyRun
@@ -189,15 +201,11 @@ def prepare_experiment(settings: RunSettings | Mapping[str, Any], output_dir: st
         privacy = PrivacyRun(settings.privacy, seed=settings.seed)
         server_strategy = privacy.wrap(strategy, settings.strategy.target)
 
-    from fedloom.clients import get_trainer
-    from fedloom.records import ndarrays_to_arrayrecord
-
-    trainer = get_trainer(builders.model_spec(settings, dataset))
     initial = trainer.initial_weights()
     initial_arrays = ndarrays_to_arrayrecord(initial, [str(i) for i in range(len(initial))])
     history = RunHistory(output_dir, settings.num_rounds)
     return Experiment(settings, output_dir, strategy, initial_arrays, history,
-                      _central_evaluation(trainer, dataset), trainer, privacy=privacy,
+                      _central_evaluation(trainer, reported), trainer, privacy=privacy,
                       server_strategy=server_strategy or strategy)
 
 
@@ -240,7 +248,8 @@ def _run_on_engine(experiment: Experiment) -> list[dict[str, Any]]:
 
 
 def _central_evaluation(trainer, dataset):
-    """Flower ``evaluate_fn``: test-set loss and accuracy of the global model."""
+    """Flower ``evaluate_fn``: test-set loss and accuracy of the global model (under
+    server quality, on the test examples the server does not score updates with)."""
     from flwr.app import MetricRecord
 
     from fedloom.records import arrayrecord_views

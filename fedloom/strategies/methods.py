@@ -37,7 +37,11 @@ from fedloom.aggregation import (
 from fedloom.aggregation.server_step import ADAPTIVE_OPTIMIZERS
 from fedloom.aggregation.stages import Stage
 from fedloom.aggregation.weight_cap import DEFAULT_CAP_MULTIPLE
-from fedloom.aggregation.weighting import DEFAULT_QUALITY_FLOOR
+from fedloom.aggregation.weighting import (
+    CLIENT_QUALITY_CHOICES,
+    DEFAULT_QUALITY_FLOOR,
+    QualityScorer,
+)
 from fedloom.errors import ConfigError
 
 __all__ = [
@@ -102,13 +106,17 @@ def weighted_average(
     quality_kind: str = "accuracy",
     quality_floor: float = DEFAULT_QUALITY_FLOOR,
     weight_cap: float | str | None = "auto",
+    quality_scorer: QualityScorer | None = None,
 ) -> Pipeline:
     """Weighted average by data size, by model quality, by both, or by a callable:
     ``sum_k w_k u_k / sum_k w_k``.
 
     Args:
         weight_by: ``"num_examples"``, ``"quality"``, ``"num_examples*quality"``,
-            ``"uniform"`` or ``f(ClientUpdate) -> float >= 0``.
+            ``"server_quality"``, ``"num_examples*server_quality"``, ``"uniform"`` or
+            ``f(ClientUpdate) -> float >= 0``. ``"server_quality"`` scores each update
+            on the server's own data with ``quality_scorer`` instead of trusting the
+            client's ``quality`` metric (:mod:`fedloom.aggregation.weighting`).
         quality_key: client metric holding quality (default ``"quality"``: the fedloom
             Keras client reports its validation accuracy after local training there).
         quality_kind: ``"accuracy"`` (higher is better) or ``"loss"`` (lower is better,
@@ -119,13 +127,19 @@ def weighted_average(
             ``"auto"`` (the default) caps at 3 when the weights read a quality the client
             reports about itself (``"quality"``, ``"num_examples*quality"``), since
             claiming accuracy 1.0 would otherwise buy up to ``1 / quality_floor`` times
-            a poor client's weight; plain ``num_examples`` weighting stays uncapped
-            (FedAvg, as Flower computes it).
+            a poor client's weight, and for ``"num_examples*server_quality"`` (the size
+            is a claim); plain ``num_examples`` weighting stays uncapped (FedAvg, as
+            Flower computes it), and so does ``"server_quality"`` (nothing claimed).
+        quality_scorer: with a server-quality ``weight_by``, ``score(updates) -> (K,)
+            values`` of ``quality_kind`` (:data:`~fedloom.aggregation.weighting.
+            QualityScorer`); fedloom's experiments pass one built from a validation
+            split of the server's test data (``server_val_fraction``).
     """
     if weight_cap == "auto":
-        weight_cap = DEFAULT_CAP_MULTIPLE if weight_by in ("quality", "num_examples*quality") else None
+        claimed = (*CLIENT_QUALITY_CHOICES, "num_examples*server_quality")
+        weight_cap = DEFAULT_CAP_MULTIPLE if weight_by in claimed else None
     weighting = WeightBy(weight_by, quality_key=quality_key, quality_kind=quality_kind,
-                         floor=quality_floor, cap=weight_cap)
+                         floor=quality_floor, cap=weight_cap, scorer=quality_scorer)
     label = weight_by if isinstance(weight_by, str) else getattr(weight_by, "__name__", "callable")
     return Pipeline(weighting, Mean(), name=f"weighted average ({label})")
 
@@ -250,6 +264,7 @@ def robust_weighted(
     server_beta_1: float | None = None,
     server_beta_2: float | None = None,
     server_tau: float | None = None,
+    quality_scorer: QualityScorer | None = None,
 ) -> Pipeline:
     """Hybrid: robust filtering, then weighting, then (optionally) a server optimiser.
 
@@ -271,6 +286,9 @@ def robust_weighted(
             among the updates that arrive in a round.
         weight_by: what the weighted rules (trimmed mean, Krum's mean, centred clipping,
             geometric median) weigh by; the median and Bulyan weigh every update the same.
+            ``"server_quality"`` (or ``"num_examples*server_quality"``) scores the updates
+            that reach the rule on the server's data with ``quality_scorer``, so a client
+            cannot claim its way to more weight.
         weight_cap: each weight is capped at this multiple of the round's median weight
             (default 3; ``None`` trusts the reports): a client reporting
             ``num_examples=1e9`` or ``quality=1.0`` then weighs at most 3 typical
@@ -304,6 +322,8 @@ def robust_weighted(
             (``"sgd"`` with the default learning rate: the new model is the robust
             aggregate; ``"adam"``: e.g. ``conf/strategy/robust_trimmed_adam.yaml``, a
             hybrid Flower's classes cannot express).
+        quality_scorer: the server's scorer under a server-quality ``weight_by`` (see
+            :func:`weighted_average`).
     """
     if robust not in ROBUST_REDUCERS:
         raise ConfigError(f"robust must be one of {ROBUST_REDUCERS}; got robust={robust!r}.")
@@ -312,7 +332,7 @@ def robust_weighted(
         stages.append(ClipNorm(median_multiple=clip_median_multiple))
     if bucket_size != 1:
         stages.append(Bucket(bucket_size))
-    weighting = WeightBy(weight_by, cap=weight_cap)
+    weighting = WeightBy(weight_by, cap=weight_cap, scorer=quality_scorer)
     if robust == "krum":
         krum = KrumSelect(num_byzantine, num_selected, count_rejected=True)
         stages += [krum, weighting, Mean()]

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedloom.aggregation.weighting import SERVER_QUALITY_CHOICES
 from fedloom.attacks import AttackPlan
 from fedloom.errors import ConfigError
 from fedloom.experiment.settings.sections import (
@@ -44,7 +45,7 @@ from fedloom.faults import FaultPlan
 from fedloom.privacy import PrivacySettings
 from fedloom.strategies.reporting import DEFAULT_ABSURD_NORM_RATIO
 
-__all__ = ["RunSettings", "TOP_LEVEL_KEYS"]
+__all__ = ["RunSettings", "TOP_LEVEL_KEYS", "DEFAULT_SERVER_VAL_FRACTION"]
 
 TOP_LEVEL_KEYS = {
     "dataset", "partition", "model", "strategy", "engine", "compression",
@@ -54,7 +55,13 @@ TOP_LEVEL_KEYS = {
     "faults", "attack", "dp", "fraction_train", "absurd_norm_ratio", "checkpoint_every", "resume",
     # when to stop (fedloom.early_stopping) and how much the terminal shows
     "early_stop", "verbose",
+    # client momentum (fedloom.clients), the server's validation split (weight_by=server_quality)
+    "client_momentum", "server_val_fraction",
 }
+
+#: ``server_val_fraction``'s default: the share of the server's test set held out to score
+#: updates under ``weight_by=server_quality`` (never part of the reported test accuracy)
+DEFAULT_SERVER_VAL_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,9 @@ class RunSettings:
     verbose: bool = False
     #: the ``dp`` section as given (checked), for :meth:`to_dict`
     privacy_config: dict[str, Any] = field(default_factory=lambda: {"mode": "none"})
+    #: share of the server's test set held out to score updates under
+    #: ``weight_by=server_quality`` (used only then; :attr:`server_quality`)
+    server_val_fraction: float = DEFAULT_SERVER_VAL_FRACTION
 
     # ------------------------------------------------------------------ rules
     @property
@@ -108,6 +118,13 @@ class RunSettings:
         if self.privacy.enabled or self.absurd_norm_ratio is None:
             return None
         return float(self.absurd_norm_ratio)
+
+    @property
+    def server_quality(self) -> bool:
+        """The strategy weighs by server quality: the server holds out
+        ``server_val_fraction`` of its test set to score each update, and reports the
+        test accuracy on the rest (:mod:`fedloom.experiment.server_validation`)."""
+        return self.strategy.options.get("weight_by") in SERVER_QUALITY_CHOICES
 
     @property
     def min_available_nodes(self) -> int:
@@ -177,6 +194,10 @@ class RunSettings:
             raise ConfigError(f"min_valid_updates={min_valid} is not allowed: it must be <= "
                               f"clients_per_round={per_round}, or no round could ever aggregate.")
         learning_rate = _number(cfg, "learning_rate", 0.0, float("inf"), low_open=True, high_open=True)
+        momentum = (_number(cfg, "client_momentum", 0.0, 1.0, low_open=False, high_open=True)
+                    if cfg.get("client_momentum") is not None else 0.0)
+        server_val = (_number(cfg, "server_val_fraction", 0.0, 1.0, low_open=True, high_open=True)
+                      if cfg.get("server_val_fraction") is not None else DEFAULT_SERVER_VAL_FRACTION)
         val_fraction = _number(cfg, "val_fraction", 0.0, 1.0, low_open=False, high_open=True)
         round_timeout = _number(cfg, "round_timeout", 0.0, float("inf"), low_open=True, high_open=False)
         engine = engine_section(cfg.get("engine") or {})
@@ -196,7 +217,7 @@ class RunSettings:
             partition=PartitionSettings(*named_section(cfg, "partition", "scheme")),
             model=ModelSettings(*named_section(cfg, "model", "name")),
             strategy=StrategySettings(strategy), engine=engine, compression=compression,
-            training=TrainingSettings(local_epochs, batch_size, learning_rate),
+            training=TrainingSettings(local_epochs, batch_size, learning_rate, momentum),
             faults=faults, attack=attack, privacy=privacy,
             num_clients=num_clients, clients_per_round=per_round, num_rounds=num_rounds,
             val_fraction=val_fraction, seed=seed, min_valid_updates=min_valid,
@@ -205,6 +226,7 @@ class RunSettings:
             privacy_config=dp_section, early_stop=early_stop_section(cfg.get("early_stop")),
             early_stop_config=dict(cfg.get("early_stop") or {}),
             verbose=verbose_setting(cfg.get("verbose", False)),
+            server_val_fraction=server_val,
         )
         if build_check:
             with _quiet_flower():  # a trial build for the constructor's own checks, now
@@ -230,6 +252,8 @@ class RunSettings:
             "local_epochs": self.training.local_epochs,
             "batch_size": self.training.batch_size,
             "learning_rate": self.training.learning_rate,
+            "client_momentum": self.training.client_momentum,
+            "server_val_fraction": self.server_val_fraction,
             "val_fraction": self.val_fraction,
             "seed": self.seed,
             "min_valid_updates": self.min_valid_updates,

@@ -120,11 +120,14 @@ class CompressionSettings:
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    """What every client is told each round: E local epochs, batch size B, SGD step size."""
+    """What every client is told each round: E local epochs, batch size B, SGD step size,
+    and client momentum beta (Karimireddy, He & Jaggi, ICML 2021; 0: off), sent as
+    ``client-momentum`` only when on."""
 
     local_epochs: int
     batch_size: int
     learning_rate: float
+    client_momentum: float = 0.0
 
 
 
