@@ -97,11 +97,14 @@ def run_flower_quickstart(rounds: int) -> dict:
     from flwr.serverapp.strategy import FedAvg
     from flwr.simulation import run_simulation
 
-    dataset, clients = clients_and_test()
+    dataset, _ = clients_and_test()
     client_app = ClientApp()
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
+        # Loaded in the Ray worker (cached per process): the client data holds a lock, so
+        # a closure over it cannot be sent to Ray's actors.
+        _, clients = clients_and_test()
         data = clients[int(context.node_config["partition-id"])]
         model = quickstart_model()  # the quickstart pattern: a new model for every message
         model.set_weights(msg.content["arrays"].to_numpy_ndarrays())
