@@ -57,6 +57,7 @@ CENTRALISED = "centralised"
 # Tuned on the setups marked ``grid``, on the first seed, as Reddi et al. 2021 tune the server
 # rate per task (Flower's defaults: eta 0.1 for all three) and Li et al. 2020 tune FedProx's mu.
 # The value with the best mean accuracy over the last 5 rounds is then run on every seed.
+# A setup's ``wider_grids`` adds values beyond an edge where the best value lay there.
 GRIDS = {
     "fedadam": ("strategy.server_learning_rate", [0.01, 0.03, 0.1]),
     "fedyogi": ("strategy.server_learning_rate", [0.01, 0.03, 0.1]),
@@ -72,6 +73,7 @@ SETUPS = {
         "dataset=digits", "partition=dirichlet", "partition.alpha=0.5", "num_clients=100",
         "clients_per_round=10", "model=mlp", "local_epochs=1", "batch_size=10", "learning_rate=0.1"]},
     "fashion": {"rounds": 40, "target": 0.75, "compression": True, "central_epochs": 20, "grid": True,
+                "wider_grids": {"fedadam": [0.003], "fedadagrad": [0.01]},
                 "overrides": [
         "dataset=fashion_mnist", "partition=shards", "partition.num_shards_per_partition=2",
         "num_clients=100", "clients_per_round=10", "model=mcmahan_2nn", "local_epochs=5",
@@ -86,6 +88,7 @@ SETUPS = {
                                "robust_krum": ["strategy.num_byzantine=1"]},
         "not_run": {"robust_bulyan": "Bulyan needs 4f + 3 >= 7 clients per round; heart has 4"}},
     "synthetic": {"rounds": 100, "target": 0.6, "compression": False, "central_epochs": 167, "grid": True,
+                  "wider_grids": {"fedadam": [0.3], "fedadagrad": [1.0]},
                   "overrides": [
         "dataset=synthetic", "partition=natural", "num_clients=30", "clients_per_round=10",
         "model=logreg", "local_epochs=5", "batch_size=10", "learning_rate=0.01"]},
@@ -134,22 +137,37 @@ def last_rounds_accuracy(directory: Path, rounds: int = 5) -> float:
     return statistics.fmean(float(r["accuracy"]) for r in records[-rounds:])
 
 
-def tune(name: str, setup: dict, label: str, extra: list[str], rounds: int, seed: int,
-         work: Path) -> tuple[list[str], dict, dict]:
-    """Grid of :data:`GRIDS` for ``label`` on ``seed``: ``(chosen overrides, the chosen
-    value's run summary, the grid's record)``."""
+def grid_of(setup: dict, label: str) -> tuple[str, list[float]]:
+    """``(override key, values)`` tried for ``label``: :data:`GRIDS`, widened by the
+    setup's ``wider_grids`` where the best value lay at an edge of the default grid."""
     key, values = GRIDS[label]
-    tried = []
+    return key, sorted({*values, *setup.get("wider_grids", {}).get(label, [])})
+
+
+def tune(name: str, setup: dict, label: str, extra: list[str], rounds: int, seed: int,
+         work: Path, earlier: dict | None) -> tuple[list[str], dict | None, dict]:
+    """The grid of ``label`` on ``seed``: ``(chosen overrides, the chosen value's run
+    summary or None, the grid's record)``. Values ``earlier`` (the saved row) already
+    tried are not run again; when one of them stays the best, the summary is ``None``
+    and the saved row stands."""
+    key, values = grid_of(setup, label)
+    name_of = key.split(".")[-1]
+    done = earlier.get("tuned") if earlier else None
+    tried = ([dict(t) for t in done["tried"]]
+             if done and done["key"] == key and done["seed"] == seed else [])
     for value in values:
-        directory = work / name / f"{label}-grid" / f"{key.split('.')[-1]}={value}"
-        summary = run_once(name, setup, f"{label} {key.split('.')[-1]}={value}",
+        if any(t["value"] == value for t in tried):
+            continue
+        directory = work / name / f"{label}-grid" / f"{name_of}={value}"
+        summary = run_once(name, setup, f"{label} {name_of}={value}",
                            [*extra, f"{key}={value}"], rounds, seed, directory)
         tried.append({"value": value, "final_accuracy": summary["final_accuracy"],
                       "last5_accuracy": last_rounds_accuracy(directory), "summary": summary})
+    tried.sort(key=lambda t: t["value"])
     best = max(tried, key=lambda t: t["last5_accuracy"])
     record = {"key": key, "seed": seed, "chosen": best["value"],
               "tried": [{k: t[k] for k in ("value", "final_accuracy", "last5_accuracy")} for t in tried]}
-    summary = {**best["summary"], "label": label}
+    summary = {**best["summary"], "label": label} if "summary" in best else None
     return [*extra, f"{key}={best['value']}"], summary, record
 
 
@@ -190,8 +208,6 @@ def run_setup(name: str, setup: dict, rounds: int, seeds: list[int], work: Path,
               labels: list[str] | None, grid: bool, about: dict) -> dict:
     """The rows ``labels`` (all when ``None``) of ``name``, once per seed; each row holds
     each seed's summary and the provenance of the invocation that measured it."""
-    from fedloom.report import RunSummary, plot
-
     plan = runs_of(setup)
     wanted = list(plan) + [CENTRALISED] if labels is None else [
         label for label in labels if label not in setup.get("not_run", {})]
@@ -200,27 +216,29 @@ def run_setup(name: str, setup: dict, rounds: int, seeds: list[int], work: Path,
         raise SystemExit(f"{name}: no row {unknown}; rows are {list(plan)} and {CENTRALISED!r}")
     per_label: dict[str, list[dict]] = {}
     tuning: dict[str, dict] = {}
+    saved = {run["label"]: run for run in saved_setups().get(name, {}).get("runs", [])}
+    measured_by: dict[str, dict] = {}
     for label in wanted:
-        shutil.rmtree(work / name / label, ignore_errors=True)
         extra = plan.get(label)
         if label == CENTRALISED:
+            shutil.rmtree(work / name / label, ignore_errors=True)
             per_label[label] = [centralised(name, setup, seed, work / name / label / f"seed-{seed}")
                                 for seed in seeds]
             continue
         summaries = []
         if grid and setup.get("grid") and label in GRIDS:
-            extra, summary, tuning[label] = tune(name, setup, label, extra, rounds, seeds[0], work)
+            earlier = saved.get(label)
+            extra, summary, tuning[label] = tune(name, setup, label, extra, rounds, seeds[0], work, earlier)
+            if summary is None:  # an earlier value stays the best: its row stands
+                per_label[label], measured_by[label] = earlier["seeds"], earlier.get("provenance")
+                continue
             summaries.append(summary)
+        shutil.rmtree(work / name / label, ignore_errors=True)
         for seed in seeds[len(summaries):]:
             summaries.append(run_once(name, setup, label, extra, rounds, seed,
                                       work / name / label / f"seed-{seed}"))
         per_label[label] = summaries
-    firsts = [(Path(runs[0]["path"]), RunSummary(**{k: v for k, v in runs[0].items() if k != "seed"}))
-              for label, runs in per_label.items() if label != CENTRALISED]
-    if firsts:
-        plot([d for d, _ in firsts], [s for _, s in firsts], RESULTS / f"convergence_{name}.png",
-             title=f"{name} ({rounds} rounds, seed {seeds[0]})")
-    runs = [{"label": label, "seeds": summaries, "provenance": about,
+    runs = [{"label": label, "seeds": summaries, "provenance": measured_by.get(label, about),
              **({"tuned": tuning[label]} if label in tuning else {}),
              "mean_final_accuracy": statistics.fmean(s["final_accuracy"] for s in summaries),
              "sd_final_accuracy": (statistics.stdev(s["final_accuracy"] for s in summaries)
@@ -296,6 +314,22 @@ def compression_checks(result: dict) -> dict:
     return checks
 
 
+def plot_setup(name: str, result: dict) -> None:
+    """convergence_<name>.png: accuracy per round and per megabyte of the first seed of
+    every federated row whose run directory is on disk."""
+    from fedloom.report import RunSummary, plot
+
+    firsts = []
+    for run in result["runs"]:
+        first = run["seeds"][0]
+        if run["label"] != CENTRALISED and (Path(first.get("path", "")) / "history.json").is_file():
+            fields = {k: v for k, v in first.items() if k in RunSummary.__dataclass_fields__}
+            firsts.append((Path(first["path"]), RunSummary(**{**fields, "label": run["label"]})))
+    if firsts:
+        plot([d for d, _ in firsts], [s for _, s in firsts], RESULTS / f"convergence_{name}.png",
+             title=f"{name} ({result['rounds']} rounds, first seed)")
+
+
 def refresh(result: dict) -> dict:
     """Fill ``megabytes_payload_*`` of every seed whose run directory is still on disk
     (from its own ``history.json``) and recompute the setup's checks."""
@@ -330,6 +364,7 @@ def main() -> None:
     if args.refresh:
         for name, result in saved_setups().items():
             write(name, refresh(result))
+            plot_setup(name, result)
         return
     work = Path(args.work)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -343,6 +378,7 @@ def main() -> None:
         result["provenance"] = about
         print(convergence_table(result), flush=True)
         write(name, result)
+        plot_setup(name, result)
 
 
 def saved_setups() -> dict:
