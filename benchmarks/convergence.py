@@ -254,7 +254,7 @@ def merge(previous: dict | None, fresh: dict) -> dict:
     if previous is None or previous.get("rounds") != fresh["rounds"]:
         return fresh
     for run in previous["runs"]:  # rows of older JSONs: one seed, the setup's provenance
-        run.setdefault("seeds", [{k: v for k, v in run.items() if k != "label"}])
+        run.setdefault("seeds", [{"seed": None, **{k: v for k, v in run.items() if k != "label"}}])
         run.setdefault("provenance", previous.get("provenance") or
                        {"date": previous.get("date"), "machine": previous.get("machine")})
     rows = {run["label"]: run for run in previous["runs"]}
@@ -262,7 +262,7 @@ def merge(previous: dict | None, fresh: dict) -> dict:
     order = [*STRATEGIES, "weighted+int8", "weighted+topk10%", CENTRALISED]
     merged = dict(fresh)
     merged["runs"] = sorted(rows.values(), key=lambda r: order.index(r["label"]) if r["label"] in order else 99)
-    merged["seeds"] = sorted({s["seed"] for run in merged["runs"] for s in run["seeds"]})
+    merged["seeds"] = sorted({s["seed"] for run in merged["runs"] for s in run["seeds"]} - {None})
     return merged
 
 
@@ -314,6 +314,63 @@ def compression_checks(result: dict) -> dict:
     return checks
 
 
+def collect(name: str, setup: dict, rounds: int, seeds: list[int], work: Path, about: dict) -> dict:
+    """Rows rebuilt from the finished run directories under ``work/name`` (no training):
+    for an invocation that trained but failed before writing its JSON. A row is taken only
+    when every seed's run finished ``rounds`` rounds with the settings the row asks for
+    (tuned rows: the grid's best value, checked in each run's config.json)."""
+    from fedloom.report import summarise
+
+    def finished(directory: Path, seed: int, key: str | None = None, value=None) -> bool:
+        try:
+            records = json.loads((directory / "history.json").read_text())
+            config = json.loads((directory / "config.json").read_text())
+        except (OSError, ValueError):
+            return False
+        same_value = key is None or config["strategy"].get(key.split(".")[-1]) == value
+        return records[-1]["round"] == rounds and config["seed"] == seed and same_value
+
+    def summary(directory: Path, label: str, seed: int) -> dict:
+        summarised = summarise(directory, setup["target"])
+        summarised.label = label
+        return {"seed": seed, **vars(summarised)}
+
+    runs = []
+    for label in [*runs_of(setup), CENTRALISED]:
+        record, summaries, key, value = None, [], None, None
+        if setup.get("grid") and label in GRIDS:
+            key, _ = GRIDS[label]
+            grid = sorted((work / name / f"{label}-grid").glob(f"{key.split('.')[-1]}=*"))
+            tried = [{"value": float(d.name.split("=")[1]), "directory": d} for d in grid
+                     if finished(d, seeds[0])]
+            if not tried:
+                continue
+            for t in tried:
+                t["final_accuracy"] = json.loads((t["directory"] / "history.json").read_text())[-1]["accuracy"]
+                t["last5_accuracy"] = last_rounds_accuracy(t["directory"])
+            best = max(tried, key=lambda t: t["last5_accuracy"])
+            value = best["value"]
+            record = {"key": key, "seed": seeds[0], "chosen": value,
+                      "tried": [{k: t[k] for k in ("value", "final_accuracy", "last5_accuracy")} for t in tried]}
+            summaries.append(summary(best["directory"], label, seeds[0]))
+        for seed in seeds[len(summaries):]:
+            directory = work / name / label / f"seed-{seed}"
+            if label == CENTRALISED:
+                ok = (directory / "history.json").is_file()
+            else:
+                ok = finished(directory, seed, key, value)
+            if ok:
+                summaries.append(summary(directory, label, seed))
+        if len(summaries) == len(seeds):
+            runs.append({"label": label, "seeds": summaries, "provenance": about,
+                         **({"tuned": record} if record else {}),
+                         "mean_final_accuracy": statistics.fmean(s["final_accuracy"] for s in summaries),
+                         "sd_final_accuracy": statistics.stdev(s["final_accuracy"] for s in summaries)
+                         if len(summaries) > 1 else 0.0})
+    return {"target": setup["target"], "rounds": rounds, "seeds": seeds, "overrides": setup["overrides"],
+            "central_epochs": setup["central_epochs"], "not_run": setup.get("not_run", {}), "runs": runs}
+
+
 def plot_setup(name: str, result: dict) -> None:
     """convergence_<name>.png: accuracy per round and per megabyte of the first seed of
     every federated row whose run directory is on disk."""
@@ -357,18 +414,35 @@ def main() -> None:
     parser.add_argument("--rounds-scale", type=float, default=1.0)
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, one run each")
     parser.add_argument("--work", default=str(RESULTS / "convergence"))
+    parser.add_argument("--collect", metavar="COMMIT",
+                        help="train nothing: rebuild the setups' rows from the finished run "
+                             "directories under --work, trained at COMMIT (for an invocation "
+                             "that failed before writing its JSON)")
     parser.add_argument("--refresh", action="store_true",
                         help="run nothing: add the array payload to saved rows whose run "
                              "directories exist, recompute the checks, rewrite the tables")
     args = parser.parse_args()
+    work = Path(args.work)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    labels = [label for label in args.rows.split(",") if label] or None
+    if args.collect:
+        about = {**provenance(), "commit": args.collect, "dirty": False, "load_average_1min": None,
+                 "collected": "rows rebuilt from the finished run directories (the training "
+                              "invocations failed before writing their JSON)"}
+        for name in args.setups.split(","):
+            setup = SETUPS[name]
+            rounds = max(1, round(setup["rounds"] * args.rounds_scale))
+            result = refresh(merge(saved_setups().get(name), collect(name, setup, rounds, seeds, work, about)))
+            result["provenance"] = about
+            print(convergence_table(result), flush=True)
+            write(name, result)
+            plot_setup(name, result)
+        return
     if args.refresh:
         for name, result in saved_setups().items():
             write(name, refresh(result))
             plot_setup(name, result)
         return
-    work = Path(args.work)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    labels = [label for label in args.rows.split(",") if label] or None
     about = provenance()  # before the runs: its load average says whether the machine was idle
     for name in args.setups.split(","):
         setup = SETUPS[name]

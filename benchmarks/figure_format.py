@@ -19,9 +19,12 @@ def measured(data: dict) -> str:
     commit = (about.get("commit") or "?")[:10] + (" + uncommitted changes" if about.get("dirty") else "")
     versions = about.get("versions", {})
     tensorflow = versions.get("tensorflow") or versions.get("tensorflow-cpu")
-    return (f"Measured {about['date'][:10]} at commit {commit} on {about.get('cpu', '?')}, "
-            f"{about.get('cpu_count', '?')} cores (load {about.get('load_average_1min', 0):.1f} at start); "
+    load = about.get("load_average_1min")
+    load = "load not recorded" if load is None else f"load {load:.1f} at start"
+    line = (f"Measured {about['date'][:10]} at commit {commit} on {about.get('cpu', '?')}, "
+            f"{about.get('cpu_count', '?')} cores ({load}); "
             f"flwr {versions.get('flwr')}, TensorFlow {tensorflow}, numpy {versions.get('numpy')}.")
+    return line + (f" {about['collected'][0].upper()}{about['collected'][1:]}." if about.get("collected") else "")
 
 
 def ms(seconds: float) -> str:
