@@ -7,14 +7,10 @@ devices). A ``num_clients`` given by the user must equal that count.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import CONF, ROOT, config
+from conftest import CONF, config
 from fedloom.data import HEART_DISEASE_HOSPITALS, shakespeare_roles
 from fedloom.errors import ConfigError, DataError
 from fedloom.experiment import RunSettings, builders
@@ -81,20 +77,3 @@ def test_command_line_check_reads_the_natural_partition_file():
     with pytest.raises(ConfigError, match=r"conf/partition/natural\.yaml has no 'alpha'; its settings: scheme "):
         check_overrides(["partition=natural", "partition.alpha=0.5"], CONF)
 
-
-@pytest.mark.slow
-def test_simulate_runs_shakespeare_without_num_clients(tmp_path):
-    run_dir = tmp_path / "run"
-    command = [
-        sys.executable, "simulate.py", "dataset=shakespeare", "partition=natural", "model=char_lstm",
-        "num_rounds=1", "clients_per_round=2", "dataset.plays=[the-tempest]", "dataset.limit_test=500",
-        "batch_size=64", "plot=false", f"hydra.run.dir={run_dir}",
-    ]
-    env = {**os.environ, "FEDLOOM_CACHE_DIR": "off", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    roles = shakespeare_roles(plays=["the-tempest"])
-    assert json.loads((run_dir / "config.json").read_text())["num_clients"] == len(roles)
-    assert json.loads((run_dir / "partition.json").read_text())["num_clients"] == len(roles)
-    history = json.loads((run_dir / "history.json").read_text())
-    assert [r["round"] for r in history] == [0, 1] and history[1]["num_clients"] == 2

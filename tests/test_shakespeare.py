@@ -200,7 +200,7 @@ def test_simulate_runs_shakespeare_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
     command = [
         sys.executable, "simulate.py", "dataset=shakespeare", "partition=natural",
-        "model=char_lstm", "num_rounds=2", f"num_clients={num_clients}",
+        "model=char_lstm", "num_rounds=2",  # no num_clients: the natural split counts them
         "clients_per_round=3", "dataset.plays=[the-tempest]", "dataset.limit_test=1000",
         "batch_size=64", "learning_rate=1.0", "plot=false", f"hydra.run.dir={run_dir}",
     ]
@@ -213,3 +213,4 @@ def test_simulate_runs_shakespeare_end_to_end(tmp_path):
     assert history[2]["loss"] < history[0]["loss"]  # ln(81) = 4.39 at the start
     partition = json.loads((run_dir / "partition.json").read_text())
     assert partition["num_clients"] == num_clients
+    assert json.loads((run_dir / "config.json").read_text())["num_clients"] == num_clients
