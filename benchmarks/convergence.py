@@ -297,7 +297,8 @@ def goal_checks(result: dict, base: str = "fedavg") -> dict:
 def compression_checks(result: dict) -> dict:
     """Compressed runs against ``weighted``: bytes up and final accuracy, means over seeds."""
     def mean(run: dict, key: str) -> float:
-        return statistics.fmean(arrays_megabytes(s, key.split("_")[-1]) for s in run.get("seeds", [run]))
+        return statistics.fmean(arrays_megabytes(s, key.split("_")[-1]) if key.startswith("megabytes")
+                                else s[key] for s in run.get("seeds", [run]))
 
     by_label = {run["label"]: run for run in result["runs"]}
     base = by_label.get("weighted")
