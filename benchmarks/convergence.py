@@ -73,7 +73,7 @@ SETUPS = {
         "dataset=digits", "partition=dirichlet", "partition.alpha=0.5", "num_clients=100",
         "clients_per_round=10", "model=mlp", "local_epochs=1", "batch_size=10", "learning_rate=0.1"]},
     "fashion": {"rounds": 40, "target": 0.75, "compression": True, "central_epochs": 20, "grid": True,
-                "wider_grids": {"fedadam": [0.003], "fedadagrad": [0.003, 0.01]},
+                "wider_grids": {"fedadam": [0.003], "fedyogi": [0.003], "fedadagrad": [0.003, 0.01]},
                 "overrides": [
         "dataset=fashion_mnist", "partition=shards", "partition.num_shards_per_partition=2",
         "num_clients=100", "clients_per_round=10", "model=mcmahan_2nn", "local_epochs=5",
