@@ -34,6 +34,7 @@ from fedloom.rounds import run_rounds
 from fedloom.strategies import FederatedAveraging, Hybrid
 
 from conftest import config, start_cli
+from grids import CrashingGrid
 from numpy_apps import INITIAL_WEIGHTS, message_app
 
 def fedavgm(seed: int = 5) -> FederatedAveraging:
@@ -140,22 +141,6 @@ def test_missing_or_foreign_checkpoint_fails_in_one_line(tmp_path):
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"not a zip")
     with pytest.raises(ConfigError, match="is not a readable fedloom checkpoint"):
         resume_experiment(tmp_path)
-
-
-class CrashingGrid(LocalGrid):
-    """The server process dying mid-run: the grid raises in round ``crash_round``."""
-
-    def __init__(self, *args, crash_round: int, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.crash_round, self.calls = crash_round, 0
-
-    def send_and_receive(self, messages, *, timeout=None):
-        messages = list(messages)
-        if messages and messages[0].metadata.message_type == "train":
-            self.calls += 1
-            if self.calls == self.crash_round:
-                raise SystemExit("server killed")
-        return super().send_and_receive(messages, timeout=timeout)
 
 
 def test_dp_run_resumes_with_noise_rng_clipping_norm_and_accountant(tmp_path):

@@ -16,7 +16,6 @@ from fedloom.aggregation import ClientUpdate
 from fedloom.aggregation.checks import normalise_weights
 from fedloom.checkpoint import CHECKPOINT_FILE, FINAL_WEIGHTS_FILE, load_checkpoint, load_weights
 from fedloom.clients import get_trainer
-from fedloom.engine import LocalGrid
 from fedloom.data import load_dataset
 from fedloom.errors import ConfigError
 from fedloom.experiment import builders, prepare_experiment, resume_experiment, run_experiment
@@ -25,6 +24,7 @@ from fedloom.models import ModelSpec
 from fedloom.strategies.methods import robust_weighted, weighted_average
 
 from conftest import config
+from grids import CrashingGrid
 
 HONEST = 4
 
@@ -153,22 +153,6 @@ def test_server_split_is_stratified_disjoint_and_left_out_of_the_reported_accura
     with pytest.raises(ConfigError, match=r"server_val_fraction=1.5 is not allowed.*\(0.0, 1.0\)"):
         prepare_experiment(config("strategy=weighted_server_quality", "server_val_fraction=1.5"),
                            tmp_path / "bad")
-
-
-class CrashingGrid(LocalGrid):
-    """The server dying in the middle of round ``crash_round`` (its train messages)."""
-
-    def __init__(self, *args, crash_round: int, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.crash_round, self.calls = crash_round, 0
-
-    def send_and_receive(self, messages, *, timeout=None):
-        messages = list(messages)
-        if messages and messages[0].metadata.message_type == "train":
-            self.calls += 1
-            if self.calls == self.crash_round:
-                raise SystemExit("server killed")
-        return super().send_and_receive(messages, timeout=timeout)
 
 
 def test_a_server_quality_run_resumes_bit_for_bit(tmp_path):
