@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from figure_format import GIB, measured, memory, ms, spread, table  # noqa: E402,F401
-from scale_figures import scale_clients, scale_shakespeare  # noqa: E402
+from scale_figures import scale_clients, scale_shakespeare, scale_workers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -146,6 +146,48 @@ def byzantine(data: dict) -> str:
             f"{setting['rounds']} rounds, {setting['num_clients']} clients, {setting['clients_per_round']} "
             f"per round, {setting['attacker_fraction']:.0%} attackers; in brackets: points against the "
             "same strategy without attack." + merged + "\n\n" + table(["strategy", *attacks], rows))
+
+
+GOAL_POINTS = 3.0  # issue 18: within 3 points of its own no-attack accuracy, and of weighted's
+
+
+def byzantine_summary(*tasks: dict) -> str:
+    """The README's Byzantine summary over the tasks' JSONs (``byzantine.py``): per task
+    and row, accuracy without attack, its gap to ``weighted``, the worst attack and how
+    many attacks stay within :data:`GOAL_POINTS`; then which rows meet the goal on every
+    task (every attack column run, all within the limit, and within it of ``weighted``)."""
+    rows, verdicts = [], {}
+    for data in tasks:
+        results, setting = data["results"], data["setting"]
+        name = setting.get("task", "digits")
+        attacks = [a for a in dict.fromkeys(a for cells in results.values() for a in cells) if a != "none"]
+        reference = results.get("weighted", {}).get("none", {}).get("mean_final_accuracy")
+        for row, cells in results.items():
+            if "none" not in cells:
+                continue
+            clean = cells["none"]["mean_final_accuracy"]
+            drops = {a: 100 * (clean - cells[a]["mean_final_accuracy"]) for a in attacks if a in cells}
+            worst = max(drops, key=drops.get) if drops else None
+            gap = None if reference is None else 100 * (clean - reference)
+            within = sum(d <= GOAL_POINTS for d in drops.values())
+            ok = (len(drops) == len(attacks) and within == len(drops)
+                  and gap is not None and gap >= -GOAL_POINTS)
+            verdicts.setdefault(row, []).append(ok)
+            rows.append([name, f"`{row}`", spread(cells["none"]["final_accuracy_per_seed"], ".3f"),
+                         "—" if gap is None or row == "weighted" else f"{gap:+.1f}",
+                         "—" if worst is None else f"{worst} ({0.0 - drops[worst]:+.1f})",
+                         f"{within} of {len(drops)}" + ("" if len(drops) == len(attacks) else
+                                                        f" (of {len(attacks)} columns)")])
+    met = [row for row, oks in verdicts.items() if len(oks) == len(tasks) and all(oks)]
+    lines = [" ".join(f"{d['setting'].get('task', 'digits')} ({d['setting']['rounds']} rounds, "
+                      f"seeds {d['setting']['seeds']}, {d['setting']['attacker_fraction']:.0%} "
+                      f"attackers): {measured(d)}" for d in tasks)
+             + " Points are differences of means over seeds (sds in docs/faults.md).", "",
+        table(["task", "strategy", "no attack", "vs `weighted`, no attack",
+               "worst attack (points)", f"attacks within {GOAL_POINTS:g} points"], rows),
+        f"Rows within {GOAL_POINTS:g} points of their own no-attack accuracy under every attack and of "
+        f"`weighted` without attack, on every task: {', '.join(f'`{r}`' for r in met) or 'none'}."]
+    return "\n".join(lines) + "\n"
 
 
 def convergence_table(result: dict) -> str:
@@ -299,17 +341,21 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "simulation": ("simulation.json", simulation),
     "convergence": ("convergence.json", convergence),
     "byzantine": ("byzantine.json", byzantine),
+    "byzantine-fashion": ("byzantine_fashion.json", byzantine),
+    "byzantine-summary": (("byzantine.json", "byzantine_fashion.json"), byzantine_summary),
     "keras-training": ("keras_training.json", keras_training),
     "deployment": ("deployment.json", deployment),
     "scale-clients": ("scale.json", scale_clients),
     "scale-shakespeare": ("scale.json", scale_shakespeare),
+    "scale-workers": ("scale.json", scale_workers),
 }
 
 
 # ----------------------------------------------------------------------------- check / write
 def render(name: str, results: Path = RESULTS) -> str:
-    filename, renderer = RENDERERS[name]
-    return renderer(json.loads((results / filename).read_text()))
+    filenames, renderer = RENDERERS[name]
+    filenames = (filenames,) if isinstance(filenames, str) else filenames
+    return renderer(*(json.loads((results / f).read_text()) for f in filenames))
 
 
 def update(text: str, results: Path = RESULTS) -> tuple[str, list[str], set[str]]:

@@ -18,7 +18,9 @@ section keeps the others' results):
   replicas), start-up seconds (launch to the end of round 1 minus one median round),
   peak memory of the process tree (summed PSS and RSS, sampled every 0.1 s; W threads
   hold W model replicas), final test accuracy, and a hash of the final weights (equal
-  for every W: the engine is bit-identical across worker counts).
+  for every W: the engine is bit-identical across worker counts). ``--workers 0`` adds
+  the same workload on Flower's Ray engine (``engine=flower``, same client code, one CPU
+  per client actor): the goal compares the fastest local round with Ray's.
 - ``interleaved``: the engine's part of a digits round alone (10 real client calls per
   batch), W = 1 and W = 2 alternating batch by batch in one process, so that a changing
   load on a shared machine hits both alike.
@@ -63,15 +65,20 @@ WORKLOADS = {
     "fashion": ["dataset=fashion_mnist", "model=mcmahan_cnn", "local_epochs=5", "batch_size=10"],
 }
 GOALS = {"digits": 0.65, "fashion": 1.0}  # W=2 round / W=1 round at most (issue 17)
+RAY_GOAL = {"fashion": 1 / 3}  # best local round / Ray round at most (issue 17)
+RAY = 0  # the ``--workers`` value that runs the workload on Flower's Ray engine instead
 
 
 # ----------------------------------------------------------------------------- children
 def workload_config(workload: str, workers: int, rounds: int) -> dict:
+    """The workload's config on the local engine with ``workers`` threads, or on Flower's
+    Ray engine for ``workers=0`` (same client code, one CPU per client actor)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    overrides = [*WORKLOADS[workload], "engine=local", f"engine.workers={workers}",
-                 f"num_rounds={rounds}", "plot=false", "checkpoint_every=0"]
+    engine = ["engine=flower"] if workers == RAY else ["engine=local", f"engine.workers={workers}"]
+    overrides = [*WORKLOADS[workload], *engine, f"num_rounds={rounds}", "plot=false",
+                 "checkpoint_every=0"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
 
@@ -251,17 +258,24 @@ def workers_sections(args) -> dict:
             serial = mine.get(1)
             if serial is None:
                 continue
-            for workers, run in mine.items():
+            local = {w: r for w, r in mine.items() if w != RAY}
+            for workers, run in local.items():
                 if workers != 1:
                     ratio = run["median_round_seconds"] / serial["median_round_seconds"]
                     report["ratios"][f"{workload}_w{workers}_over_w1"] = round(ratio, 3)
+            if RAY in mine:  # the fastest local round against Ray's (Ray samples other nodes)
+                best = min(r["median_round_seconds"] for r in local.values())
+                report["ratios"][f"{workload}_local_over_ray"] = round(
+                    best / mine[RAY]["median_round_seconds"], 3)
             report["bit_identical"][workload] = len(
-                {r["final_weights_sha256"] for r in mine.values()}) == 1
+                {r["final_weights_sha256"] for r in local.values()}) == 1
         report["goals"] = {f"{w}_w2_over_w1 <= {g}": report["ratios"][f"{w}_w2_over_w1"] <= g
                            for w, g in GOALS.items() if f"{w}_w2_over_w1" in report["ratios"]}
+        report["goals"].update({f"{w}_local_over_ray <= {g:.3f}": report["ratios"][f"{w}_local_over_ray"] <= g
+                                for w, g in RAY_GOAL.items() if f"{w}_local_over_ray" in report["ratios"]})
         print(json.dumps({k: report.get(k) for k in ("ratios", "bit_identical", "goals")}, indent=1))
     if "interleaved" in args.sections:
-        report["interleaved"] = interleaved(sorted(args.workers), args.interleaved_batches)
+        report["interleaved"] = interleaved(sorted(w for w in args.workers if w != RAY), args.interleaved_batches)
         print(json.dumps(report["interleaved"]), flush=True)
     if "probe" in args.sections:
         report["probe"] = probe(max(args.workers), args.probe_calls)
@@ -290,7 +304,8 @@ def tables(path: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", nargs="+", default=list(DEFAULT_SECTIONS), choices=SECTIONS)
-    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2],
+                        help="worker counts of the workers sweep; 0 runs the workload on Flower's Ray engine")
     parser.add_argument("--workloads", nargs="+", default=sorted(WORKLOADS), choices=sorted(WORKLOADS))
     parser.add_argument("--digits-rounds", type=int, default=20)
     parser.add_argument("--fashion-rounds", type=int, default=3)

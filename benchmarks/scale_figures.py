@@ -6,12 +6,50 @@ from __future__ import annotations
 
 from figure_format import measured, memory, table
 
-__all__ = ["scale_clients", "scale_shakespeare"]
+__all__ = ["scale_clients", "scale_shakespeare", "scale_workers"]
 
 
 def _not_measured(section: str) -> str:
     return (f"Not measured yet: run `python benchmarks/scale.py --sections {section}` and "
             "`python benchmarks/readme_figures.py --write`.\n")
+
+
+WORKLOAD_NAMES = {
+    "digits": "digits (the default job: MLP 64-64, 10 of 100 clients, E=1, B=10)",
+    "fashion": "Fashion-MNIST, `model=mcmahan_cnn`, 10 of 100 clients, E=5, B=10",
+}
+
+
+def scale_workers(data: dict) -> str:
+    """The workers sweep (``scale.json``'s ``workers``, ``interleaved`` and ``probe``
+    keys): round time of the local engine with W worker threads, and of Ray."""
+    if "workers" not in data:
+        return _not_measured("workers")
+    rows = []
+    for run in data["workers"]:
+        engine = "Ray (`engine=flower`)" if run["workers"] == 0 else f"local, W = {run['workers']}"
+        rows.append([WORKLOAD_NAMES.get(run["workload"], run["workload"]), engine,
+                     f"{run['median_round_seconds']:.3f} s", f"{run['startup_seconds']:.1f} s",
+                     memory(run), f"{run['final_accuracy']:.4f}", run["final_weights_sha256"][:12]])
+    ratios = ", ".join(f"{name.replace('_', ' ')} {value:.2f}" for name, value in data["ratios"].items())
+    goals = ", ".join(f"{name}: {'met' if ok else 'not met'}" for name, ok in data["goals"].items())
+    identical = ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in data["bit_identical"].items())
+    lines = [measured(data), "", table(["workload", "engine", "median round", "start-up",
+                                         "peak memory (PSS)", "final accuracy", "weights (sha256)"], rows),
+             f"Ratios of median rounds: {ratios}. Goals: {goals}. Final weights bit-identical "
+             f"across worker counts: {identical}."]
+    if "interleaved" in data:
+        inter = data["interleaved"]
+        per = ", ".join(f"W = {w}: {v} ms" for w, v in inter["median_ms_per_batch"].items())
+        lines.append(f"The engine's part alone ({inter['calls_per_batch']} digits client calls per "
+                     f"batch, worker counts alternating batch by batch, median of {inter['batches']}): {per}.")
+    if "probe" in data:
+        probe = data["probe"]["seconds_per_update"]
+        lines.append("Seconds per digits client update, " + ", ".join(
+            f"{name.replace('_', ' ')}: {value * 1e3:.2f} ms" for name, value in probe.items())
+            + f" ({data['probe']['workers']} threads share TensorFlow's pools; each worker process "
+            f"runs TensorFlow with {data['probe']['tf_threads_per_process']} thread).")
+    return "\n".join(lines) + "\n"
 
 
 def scale_clients(data: dict) -> str:
@@ -56,6 +94,15 @@ def scale_shakespeare(data: dict) -> str:
             "accuracy curve (interpolated); wall time of the rounds (start-up apart). Best accuracy "
             f"{section['best_accuracy']:.4f} in {section['rounds_run']} rounds; median round "
             f"{section['median_round_seconds']:.1f} s; start-up {section['startup_seconds']:.1f} s; "
-            f"peak memory {memory(section)}.\n")
+            f"peak memory {memory(section)}.{_load(section)}\n")
     return measured(section) + "\n" + head + "\n" + table(
         ["next-character accuracy", "rounds", "wall time"], rows)
+
+
+def _load(section: dict) -> str:
+    """The 1-minute load average at the start and the end of a long section (other work
+    on a shared machine stretches its wall times), or nothing where not recorded."""
+    if "load_before" not in section or "load_after" not in section:
+        return ""
+    return (f" Load average {section['load_before'][0]:.1f} at the start, "
+            f"{section['load_after'][0]:.1f} at the end (wall times stretch with it).")

@@ -78,3 +78,25 @@ def test_tables_render_measured_sections_and_say_how_to_measure_missing_ones():
     text = scale_figures.scale_shakespeare(data)
     assert "| 40% | 12.5 | 5.0 min |" in text and "| 50% | not reached in 40 rounds | — |" in text
     assert "`dataset=shakespeare`: 1,234 natural clients" in text
+
+
+def _workers_run(workload: str, workers: int, seconds: float, digest: str = "ab" * 32) -> dict:
+    return {"workload": workload, "workers": workers, "median_round_seconds": seconds,
+            "startup_seconds": 5.0, "peak_tree_pss_bytes": 2**30, "peak_tree_rss_bytes": 2**30,
+            "final_accuracy": 0.8, "final_weights_sha256": digest}
+
+
+def test_workers_table_shows_each_engine_the_ratios_and_which_goals_hold():
+    provenance = {"commit": "abcdef1234567", "dirty": False, "date": "2026-12-01T06:00:00+00:00",
+                  "versions": {"flwr": "1.42.0"}, "cpu": "cpu", "cpu_count": 2, "load_average_1min": 0.1}
+    data = {"provenance": provenance,
+            "workers": [_workers_run("fashion", 1, 20.0), _workers_run("fashion", 2, 19.0),
+                        _workers_run("fashion", scale.RAY, 50.0, "cd" * 32)],
+            "ratios": {"fashion_w2_over_w1": 0.95, "fashion_local_over_ray": 0.38},
+            "goals": {"fashion_w2_over_w1 <= 1.0": True, "fashion_local_over_ray <= 0.333": False},
+            "bit_identical": {"fashion": True}}
+    text = scale_figures.scale_workers(data)
+    assert "| Ray (`engine=flower`) | 50.000 s |" in text and "| local, W = 2 | 19.000 s |" in text
+    assert "fashion_local_over_ray <= 0.333: not met" in text and "fashion_w2_over_w1 <= 1.0: met" in text
+    assert "bit-identical across worker counts: fashion yes" in text
+    assert "Not measured yet" in scale_figures.scale_workers({})
