@@ -27,7 +27,7 @@ SMALL = [f"num_clients={NUM_CLIENTS}", f"clients_per_round={NUM_CLIENTS}", "num_
          "plot=false"]
 #: configs sharing one Ray start; ``fedavg`` is the reference FedProx must differ from
 SHARED = ["fedavg", "fedadam", "fedyogi", "fedadagrad", "fedprox", "robust_bulyan",
-          "robust_geomed", "robust_trimmed_adam"]
+          "robust_geomed", "robust_trimmed_adam", "robust_centered_clip_uniform"]
 ADAPTIVE = ["fedadam", "fedyogi", "fedadagrad", "robust_trimmed_adam"]
 
 
