@@ -35,6 +35,9 @@ client as in McMahan et al. 2017, ``results/byzantine_fashion_shards.json``).
 
 Row variants (``--variants``, any of):
 
+- ``filter``: ``weighted`` also behind the hybrids' norm filter (``weighted+filter``: the
+  filter of ``conf/strategy/robust_trimmed.yaml``, then the plain size-weighted mean, no
+  cap, no buckets): the filter's share on its own;
 - ``nofilter``: each robust hybrid also without its norm filter
   (``strategy.max_norm_ratio=null``): what the robust rule holds on its own;
 - ``momentum``: each robust hybrid also with client momentum (``client_momentum``,
@@ -121,7 +124,11 @@ TASKS = {  # --task -> (Hydra overrides, default output file)
     "fashion_shards": (["dataset=fashion_mnist", "partition=shards",
                         "partition.num_shards_per_partition=2"], "byzantine_fashion_shards.json"),
 }
-VARIANTS = ("nofilter", "momentum", "server_quality")
+VARIANTS = ("filter", "nofilter", "momentum", "server_quality")
+#: ``weighted+filter``: the hybrids' norm filter, then a plain weighted mean (a trimmed
+#: mean that trims nothing, without the weight cap and the buckets)
+FILTER_ONLY = ["strategy=robust_trimmed", "strategy.beta=0.0", "strategy.weight_cap=null",
+               "strategy.bucket_size=1"]
 QUALITY_ROWS = ("weighted_quality", "weighted_server_quality")
 #: what must match for a run to merge into an existing JSON (missing task: digits)
 COMPARED = ("task", "rounds", "num_clients", "clients_per_round", "attacker_fraction", "seeds",
@@ -143,7 +150,11 @@ def row_overrides(row: str, momentum: float) -> list[str]:
     strategy_conf(base)
     overrides = [f"strategy={base}"]
     for variant in variants:
-        if variant == "nofilter":
+        if variant == "filter":
+            if base != "weighted":
+                raise SystemExit(f"row {row!r}: the filter variant applies to 'weighted' only.")
+            overrides = list(FILTER_ONLY)
+        elif variant == "nofilter":
             overrides.append("strategy.max_norm_ratio=null")
         elif variant == "momentum":
             overrides.append(f"client_momentum={momentum}")
@@ -160,6 +171,8 @@ def expand_rows(strategies: list[str], variants: list[str]) -> list[str]:
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}.")
     rows = list(strategies)
+    if "filter" in variants and "weighted" in strategies:
+        rows.append("weighted+filter")
     for base in strategies:
         conf = {} if "+" in base else strategy_conf(base)
         if "max_norm_ratio" in conf:  # a robust hybrid with a norm filter

@@ -41,6 +41,21 @@ def test_variants_add_each_robust_hybrid_without_filter_with_momentum_and_server
         byzantine.row_overrides("robust_trimmed+nofiltre", 0.9)
 
 
+def test_filter_variant_is_the_norm_filter_before_a_plain_weighted_mean():
+    assert byzantine.expand_rows(["weighted", "robust_trimmed"], ["filter"]) == [
+        "weighted", "robust_trimmed", "weighted+filter"]
+    from fedloom.experiment.settings import RunSettings
+
+    settings = RunSettings.from_config(byzantine.compose(byzantine.row_overrides("weighted+filter", 0.9)))
+    options = settings.strategy.options
+    assert options["max_norm_ratio"] == 2.5 and options["norm_window"] == 5  # the hybrids' filter
+    assert options["robust"] == "trimmed_mean" and options["beta"] == 0.0  # trims nothing
+    assert options["weight_cap"] is None and options["bucket_size"] == 1
+    assert options["weight_by"] == "num_examples"
+    with pytest.raises(SystemExit, match="applies to 'weighted' only"):
+        byzantine.row_overrides("robust_median+filter", 0.9)
+
+
 def test_a_run_merges_into_the_committed_digits_json_and_keeps_every_cell(tmp_path):
     path = tmp_path / "byzantine.json"
     path.write_text(json.dumps(COMMITTED))
