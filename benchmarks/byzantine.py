@@ -148,12 +148,12 @@ def row_overrides(row: str, momentum: float) -> list[str]:
     """Hydra overrides of a row label ``<strategy>[+<variant>...]``."""
     base, *variants = row.split("+")
     strategy_conf(base)
-    overrides = [f"strategy={base}"]
+    if "filter" in variants and base != "weighted":
+        raise SystemExit(f"row {row!r}: the filter variant applies to 'weighted' only.")
+    overrides = list(FILTER_ONLY) if "filter" in variants else [f"strategy={base}"]
     for variant in variants:
         if variant == "filter":
-            if base != "weighted":
-                raise SystemExit(f"row {row!r}: the filter variant applies to 'weighted' only.")
-            overrides = list(FILTER_ONLY)
+            pass  # the base overrides above
         elif variant == "nofilter":
             overrides.append("strategy.max_norm_ratio=null")
         elif variant == "momentum":
