@@ -88,7 +88,7 @@ def robust_aggregation(data: dict) -> str:
 
 
 SIMULATION_NAMES = {
-    "fedloom-local": "fedloom `simulate.py`, `engine=local`",
+    "fedloom-local": "fedloom `simulate.py`, `engine=local` (one worker thread)",
     "fedloom-ray": "fedloom `simulate.py`, `engine=flower` (Ray, same client code)",
     "flower-quickstart": "stock Flower app, TensorFlow-quickstart client (model built per call), Ray",
     "plain-loop": "plain loop, one cached Keras model, `model.fit` per client, no Flower",

@@ -84,6 +84,7 @@ def child(overrides: list[str], out: Path) -> None:
         "stamps": stamps,
         "num_clients": settings.num_clients,
         "clients_per_round": settings.clients_per_round,
+        "workers": settings.engine.workers,
         "examples_per_client": {k: partition[k] for k in ("min", "mean", "max")},
         "records": [[r["round"], r["accuracy"], r["seconds"], r["time"], r.get("num_clients", 0)]
                     for r in records],
@@ -134,6 +135,7 @@ def measure(num_clients: int, per_round: int, rounds: int, timeout: float) -> di
     median, seconds = round_times(records)
     return {
         "num_clients": num_clients, "clients_per_round": per_round, "rounds": rounds,
+        "workers": result.get("workers"),
         "startup_seconds": round(records[0][3] - stamps["launched"], 2),
         "phases": startup_phases(stamps, records[0][3]),
         "median_round_seconds": round(median, 4),

@@ -67,7 +67,8 @@ def scale_clients(data: dict) -> str:
                      f"{phases['partition']:.1f} s", f"{run['median_round_seconds']:.2f} s",
                      f"{run['round_1_seconds']:.2f} s", memory(run)])
     head = (f"Fashion-MNIST, Dirichlet(0.5), MLP 64-64, {workload['clients_per_round']} clients per "
-            f"round, {workload['rounds']} rounds, a fresh process per row, partition cache off. Start-up: "
+            f"round, {workload['rounds']} rounds, {_engine(section['runs'][0])}, a fresh process per row, "
+            "partition cache off. Start-up: "
             "launch to the start of round 1 (imports, data, partition, TensorFlow, model, round 0's "
             "evaluation); median round over rounds 2.. (each includes the central evaluation).\n")
     return measured(section) + "\n" + head + "\n" + table(
@@ -90,13 +91,22 @@ def scale_shakespeare(data: dict) -> str:
                          f"{reached['seconds'] / 60:.1f} min"])
     overrides = " ".join(o for o in section["overrides"] if not o.startswith(("plot=", "early_stop.")))
     head = (f"`{overrides}`: {section['num_clients']:,} natural clients (speaking roles), "
-            f"{section['clients_per_round']} per round; rounds to a target read off the best-so-far "
+            f"{section['clients_per_round']} per round, {_engine(section)}; rounds to a target read off the best-so-far "
             "accuracy curve (interpolated); wall time of the rounds (start-up apart). Best accuracy "
             f"{section['best_accuracy']:.4f} in {section['rounds_run']} rounds; median round "
             f"{section['median_round_seconds']:.1f} s; start-up {section['startup_seconds']:.1f} s; "
             f"peak memory {memory(section)}.{_load(section)}\n")
     return measured(section) + "\n" + head + "\n" + table(
         ["next-character accuracy", "rounds", "wall time"], rows)
+
+
+def _engine(run: dict) -> str:
+    """The local engine's worker threads of a run (JSONs before they were recorded ran
+    with one, then the default)."""
+    workers = run.get("workers")
+    if workers is None:
+        return "local engine with 1 worker thread (the default then)"
+    return f"local engine with {workers} worker thread{'s' if workers != 1 else ''}"
 
 
 def _load(section: dict) -> str:

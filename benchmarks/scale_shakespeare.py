@@ -73,6 +73,7 @@ def run(max_rounds: int, extra: list[str], timeout: float, targets=TARGETS) -> d
     section.update({
         "num_clients": result["num_clients"],
         "clients_per_round": result["clients_per_round"],
+        "workers": result.get("workers"),
         "examples_per_client": result["examples_per_client"],
         "targets": to_targets(records, targets),
         "rounds_run": records[-1][0],

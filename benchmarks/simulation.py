@@ -58,6 +58,9 @@ def workload_config(engine: str, rounds: int) -> dict:
         f"num_clients={NUM_CLIENTS}", f"clients_per_round={PER_ROUND}", f"num_rounds={rounds}",
         f"learning_rate={LEARNING_RATE}", f"batch_size={BATCH_SIZE}", f"local_epochs={EPOCHS}",
         f"seed={SEED}", "plot=false",
+        # the local engine's worker threads: 1, as measured (engine.workers' default was 1
+        # then; the worker-count sweep is benchmarks/scale.py --sections workers)
+        *(["engine.workers=1"] if engine == "local" else []),
     ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)

@@ -184,3 +184,13 @@ def test_engine_workers_setting():
         RunSettings.from_config(config("engine.workers=0"))
     with pytest.raises(ValueError, match="LocalGrid needs workers >= 1"):
         LocalGrid(crashing_app(), 2, workers=0)
+
+
+def test_the_local_engine_uses_every_available_core_by_default():
+    default = RunSettings.from_config(config())
+    assert default.engine.workers == available_cores()
+    assert default.to_dict()["engine"]["workers"] is None  # config.json keeps "the cores"
+    without_key = config()
+    del without_key["engine"]["workers"]
+    assert RunSettings.from_config(without_key).engine.workers == available_cores()
+    assert RunSettings.from_config(config("engine.workers=1")).engine.workers == 1

@@ -106,8 +106,8 @@ class EngineSettings:
     ray_address: str | None = None
     #: the local engine's worker threads (resolved: ``null`` in the config = the cores)
     workers: int = 1
-    #: ``engine.workers`` as given, for :meth:`RunSettings.to_dict`
-    workers_config: Any = 1
+    #: ``engine.workers`` as given (``None``: the cores), for :meth:`RunSettings.to_dict`
+    workers_config: Any = None
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def engine_section(section: Mapping[str, Any]) -> EngineSettings:
     address = options.get("ray_address")
     from fedloom.engine.workers import resolve_workers  # engine.workers: null, "auto" or >= 1
 
-    workers_config = options.get("workers", 1)
+    workers_config = options.get("workers")  # absent or null: every available core
     workers = resolve_workers(workers_config) if name == "local" else 1
     return EngineSettings(name, cpus, float(gpus), None if address is None else str(address),
                           workers, workers_config)
