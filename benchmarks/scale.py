@@ -95,8 +95,11 @@ def weights_hash(path: Path) -> str:
 
 
 def run_workload(workload: str, workers: int, rounds: int) -> dict:
+    from fedloom.engine import available_cores
     from fedloom.experiment import run_experiment
+    from scale_anatomy import RoundAnatomy  # sibling module of the benchmarks
 
+    anatomy = RoundAnatomy().install() if workers != RAY else None
     with tempfile.TemporaryDirectory() as out:
         records = run_experiment(workload_config(workload, workers, rounds), out)
         digest = weights_hash(Path(out) / "final_weights.npz")
@@ -104,7 +107,8 @@ def run_workload(workload: str, workers: int, rounds: int) -> dict:
 
     return {"round_end": [r["time"] for r in records], "final_accuracy": records[-1]["accuracy"],
             "final_weights_sha256": digest,
-            "rss_after_run_mb": round(psutil.Process().memory_info().rss / 2**20, 1)}
+            "rss_after_run_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
+            **({"anatomy": anatomy.summary(available_cores())} if anatomy else {})}
 
 
 def measure_workload(workload: str, workers: int, rounds: int, timeout: float) -> dict:
@@ -236,8 +240,27 @@ def provenance() -> dict:
 SECTIONS = ("workers", "interleaved", "probe", "clients", "shakespeare")
 DEFAULT_SECTIONS = ("workers", "interleaved", "probe", "clients")
 #: Top-level keys of the JSON written by the workers, interleaved and probe sections.
-WORKER_KEYS = ("provenance", "load_before", "workers", "ratios", "bit_identical", "goals",
+WORKER_KEYS = ("provenance", "load_before", "workers", "ratios", "bit_identical", "bounds", "goals",
                "interleaved", "probe", "load_after")
+
+
+def bounds(runs: list[dict]) -> dict:
+    """From each workload's W = 1 run (``scale_anatomy.py``): the least W-over-1 ratio of
+    rounds that overlapping the client calls could give (``overlap_bound``), the least
+    that packing their CPU work onto every core could give (``cpu_bound``), and where
+    Ray ran, the least local-over-Ray ratio the latter allows."""
+    out = {}
+    for workload in WORKLOADS:
+        mine = {r["workers"]: r for r in runs if r["workload"] == workload}
+        anatomy = mine.get(1, {}).get("anatomy")
+        if not anatomy:
+            continue
+        out[f"{workload}_overlap_bound"] = anatomy["overlap_bound"]
+        out[f"{workload}_cpu_bound"] = anatomy["cpu_bound"]
+        if RAY in mine:
+            floor = mine[1]["median_round_seconds"] * max(anatomy["overlap_bound"], anatomy["cpu_bound"])
+            out[f"{workload}_local_over_ray_bound"] = round(floor / mine[RAY]["median_round_seconds"], 3)
+    return out
 
 
 def workers_sections(args) -> dict:
@@ -269,11 +292,12 @@ def workers_sections(args) -> dict:
                     best / mine[RAY]["median_round_seconds"], 3)
             report["bit_identical"][workload] = len(
                 {r["final_weights_sha256"] for r in local.values()}) == 1
+        report["bounds"] = bounds(runs)
         report["goals"] = {f"{w}_w2_over_w1 <= {g}": report["ratios"][f"{w}_w2_over_w1"] <= g
                            for w, g in GOALS.items() if f"{w}_w2_over_w1" in report["ratios"]}
         report["goals"].update({f"{w}_local_over_ray <= {g:.3f}": report["ratios"][f"{w}_local_over_ray"] <= g
                                 for w, g in RAY_GOAL.items() if f"{w}_local_over_ray" in report["ratios"]})
-        print(json.dumps({k: report.get(k) for k in ("ratios", "bit_identical", "goals")}, indent=1))
+        print(json.dumps({k: report.get(k) for k in ("ratios", "bit_identical", "bounds", "goals")}, indent=1))
     if "interleaved" in args.sections:
         report["interleaved"] = interleaved(sorted(w for w in args.workers if w != RAY), args.interleaved_batches)
         print(json.dumps(report["interleaved"]), flush=True)

@@ -38,6 +38,20 @@ def scale_workers(data: dict) -> str:
                                          "peak memory (PSS)", "final accuracy", "weights (sha256)"], rows),
              f"Ratios of median rounds: {ratios}. Goals: {goals}. Final weights bit-identical "
              f"across worker counts: {identical}."]
+    anatomies = [(run["workload"], run["anatomy"]) for run in data["workers"]
+                 if run["workers"] == 1 and run.get("anatomy")]
+    for workload, anatomy in anatomies:
+        lines.append(
+            f"Anatomy of the {workload} round at W = 1 (median of {anatomy['rounds']} rounds): client calls "
+            f"{_seconds(anatomy['client_calls_seconds'])} of {_seconds(anatomy['round_seconds'])} "
+            f"({anatomy['calls_share_of_round']:.0%}; {anatomy['fit_share_of_calls']:.0%} of them inside "
+            f"the trainer's update), the server's work between them {_seconds(anatomy['rest_seconds'])}; "
+            f"the calls keep {anatomy['busy_cores_in_calls']:.2f} of {anatomy['cores']} cores busy. "
+            f"Perfectly overlapped calls would leave {anatomy['overlap_bound']:.2f} of the round, their "
+            f"CPU work packed onto every core {anatomy['cpu_bound']:.2f}.")
+    if data.get("bounds"):
+        lines.append("Least ratios these allow: " + ", ".join(
+            f"{name.replace('_', ' ')} {value:.2f}" for name, value in data["bounds"].items()) + ".")
     if "interleaved" in data:
         inter = data["interleaved"]
         per = ", ".join(f"W = {w}: {v} ms" for w, v in inter["median_ms_per_batch"].items())
@@ -98,6 +112,10 @@ def scale_shakespeare(data: dict) -> str:
             f"peak memory {memory(section)}.{_load(section)}\n")
     return measured(section) + "\n" + head + "\n" + table(
         ["next-character accuracy", "rounds", "wall time"], rows)
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1e3:.1f} ms" if value < 1 else f"{value:.2f} s"
 
 
 def _engine(run: dict) -> str:

@@ -100,3 +100,33 @@ def test_workers_table_shows_each_engine_the_ratios_and_which_goals_hold():
     assert "fashion_local_over_ray <= 0.333: not met" in text and "fashion_w2_over_w1 <= 1.0: met" in text
     assert "bit-identical across worker counts: fashion yes" in text
     assert "Not measured yet" in scale_figures.scale_workers({})
+
+
+def test_round_anatomy_splits_rounds_into_client_calls_and_the_rest():
+    import scale_anatomy
+
+    anatomy = scale_anatomy.RoundAnatomy()
+    # Round 1 (replicas built) is dropped; then rounds of 10 s: 6 s of calls that keep
+    # 1.5 cores busy (9 CPU s), 4.5 s of them inside fit, 4 s of server work.
+    anatomy.batches = [{"start": 0.0, "calls": 10, "seconds": 9.0, "cpu_seconds": 9.0, "fit_seconds": 8.0}]
+    anatomy.batches += [{"start": 20.0 + 10 * i, "calls": 10, "seconds": 6.0, "cpu_seconds": 9.0,
+                         "fit_seconds": 4.5} for i in range(4)]
+    summary = anatomy.summary(cores=2)
+    assert summary["round_seconds"] == 10.0 and summary["client_calls_seconds"] == 6.0
+    assert summary["rest_seconds"] == 4.0 and summary["calls_share_of_round"] == 0.6
+    assert summary["fit_share_of_calls"] == 0.75 and summary["busy_cores_in_calls"] == 1.5
+    assert summary["overlap_bound"] == 0.7  # (4 + 6 / 2) / 10: perfect overlap on 2 cores
+    assert summary["cpu_bound"] == 0.85  # (4 + 6 * 1.5 / 2) / 10: the CPU work packed
+    anatomy.batches = anatomy.batches[:2]
+    assert anatomy.summary(cores=2) is None  # too few rounds to say anything
+
+
+def test_workers_bounds_come_from_the_serial_run_and_ray_round():
+    anatomy = {"overlap_bound": 0.7, "cpu_bound": 0.9}
+    runs = [{"workload": "fashion", "workers": 1, "median_round_seconds": 20.0, "anatomy": anatomy},
+            {"workload": "fashion", "workers": 2, "median_round_seconds": 19.0, "anatomy": anatomy},
+            {"workload": "fashion", "workers": scale.RAY, "median_round_seconds": 24.0},
+            {"workload": "digits", "workers": 2, "median_round_seconds": 1.0, "anatomy": anatomy}]
+    # digits has no W = 1 run: no bound; fashion's floor is 20 s * 0.9 = 18 s, 0.75 of Ray's.
+    assert scale.bounds(runs) == {"fashion_overlap_bound": 0.7, "fashion_cpu_bound": 0.9,
+                                  "fashion_local_over_ray_bound": 0.75}
