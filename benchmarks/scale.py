@@ -20,7 +20,10 @@ section keeps the others' results):
   hold W model replicas), final test accuracy, and a hash of the final weights (equal
   for every W: the engine is bit-identical across worker counts). ``--workers 0`` adds
   the same workload on Flower's Ray engine (``engine=flower``, same client code, one CPU
-  per client actor): the goal compares the fastest local round with Ray's.
+  per client actor): the goal compares the fastest local round with Ray's. Each local
+  run also records the anatomy of its rounds (``scale_anatomy.py``: the client calls
+  against the server's work between them, the cores the calls keep busy); ``bounds``
+  gives the least W-over-1 and local-over-Ray ratios the W = 1 run's anatomy allows.
 - ``interleaved``: the engine's part of a digits round alone (10 real client calls per
   batch), W = 1 and W = 2 alternating batch by batch in one process, so that a changing
   load on a shared machine hits both alike.
