@@ -4,7 +4,7 @@ A section that has not been measured renders as one line saying how to measure i
 
 from __future__ import annotations
 
-from figure_format import measured, memory, table
+from figure_format import measured, memory, ms, table
 
 __all__ = ["scale_clients", "scale_shakespeare", "scale_workers"]
 
@@ -115,7 +115,7 @@ def scale_shakespeare(data: dict) -> str:
 
 
 def _seconds(value: float) -> str:
-    return f"{value * 1e3:.1f} ms" if value < 1 else f"{value:.2f} s"
+    return ms(value) if value < 1 else f"{value:.2f} s"
 
 
 def _engine(run: dict) -> str:

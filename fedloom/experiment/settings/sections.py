@@ -107,7 +107,7 @@ class EngineSettings:
     #: the local engine's worker threads (resolved: ``null`` in the config = the cores)
     workers: int = 1
     #: ``engine.workers`` as given (``None``: the cores), for :meth:`RunSettings.to_dict`
-    workers_config: Any = None
+    workers_config: Any = 1
 
 
 @dataclass(frozen=True)
